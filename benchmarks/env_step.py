@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,7 @@ from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.pretrain import load_base_unet
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so that wall-clock times are honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import time_block
 
 
 class PlainLoop:
@@ -65,16 +60,6 @@ class PlainLoop:
             self.cfg.mode, m.norm_forget, d.n, d.k, self.cfg.superfactor, self.cfg.rescale_norm
         )
         siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f, self.cfg.max_grad_norm)
-
-
-def time_block(fn, count: int, device: torch.device) -> float:
-    """Seconds per call of ``fn`` over ``count`` calls."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(count):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / count
 
 
 def main() -> None:

@@ -56,6 +56,8 @@ from unlearn_env.env import UnlearningEnv, retain_pool
 from unlearn_env.pretrain import BASE_FILE, base_model_dir, load_base_unet
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
+from timing import time_block
+
 METHODS: tuple[str, ...] = ("batched-vmap", "batched-loop", "sync", "plain")
 FOREVER = 10**9
 """Horizon of the timed environments: no episode ends while they are timed."""
@@ -141,23 +143,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so that wall-clock times are honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_block(step: Callable[[], None], count: int, min_seconds: float, device: torch.device) -> float:
-    """Mean seconds per call of ``step`` over at least ``count`` calls and ``min_seconds``."""
-    synchronize(device)
-    calls, started = 0, time.perf_counter()
-    while calls < count or time.perf_counter() - started < min_seconds:
-        step()
-        calls += 1
-    synchronize(device)
-    return (time.perf_counter() - started) / calls
-
-
 def time_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every method of ``spec`` at one N, timed in interleaved rounds."""
     config = get_config(spec["preset"], **spec["overrides"])
@@ -165,12 +150,12 @@ def time_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     num_envs = spec["num_envs"]
     steps = {method: make_runner(method, config, num_envs) for method in spec["methods"]}
     for step in steps.values():
-        time_block(step, spec["warmup"], 0.0, device)
+        time_block(step, spec["warmup"], device)
     rounds: dict[str, list[float]] = {method: [] for method in steps}
     order = list(steps)
     for r in range(spec["rounds"]):
         for method in order[r % len(order):] + order[: r % len(order)]:
-            rounds[method].append(time_block(steps[method], spec["steps"], spec["min_block_seconds"], device))
+            rounds[method].append(time_block(steps[method], spec["steps"], device, spec["min_block_seconds"]))
     parameters = sum(p.numel() for p in build_unet(config.model).parameters())
     return [
         {
@@ -198,7 +183,7 @@ def memory_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         step = make_runner(spec["method"], config, num_envs)
-        time_block(step, 2, 0.0, device)
+        time_block(step, 2, device)
         if device.type == "cuda":
             memory, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
         else:

@@ -114,6 +114,19 @@ def test_non_finite_action_raises_naming_the_sub_env() -> None:
         BatchedUnlearningEnv(num_envs=1, preset="test").step(np.array([[0.5]]))
 
 
+def test_bf16_stays_near_fp32_and_unsupported_options_are_refused() -> None:
+    actions = np.full((2, 1), 0.5, dtype=np.float32)
+    observations = []
+    for precision in ("fp32", "bf16"):
+        envs = BatchedUnlearningEnv(num_envs=2, preset="test", horizon=HORIZON, precision=precision)
+        envs.reset(seed=0)
+        observations.append(envs.step(actions)[0][:, :4])
+    deviation = np.abs(observations[1] - observations[0]) / np.abs(observations[0])
+    assert 0 < deviation.max() <= 5e-2
+    with pytest.raises(ValueError, match="channels_last"):
+        BatchedUnlearningEnv(num_envs=2, preset="test", channels_last=True)
+
+
 def test_make_vec_with_vector_entry_point_returns_it() -> None:
     envs = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", preset="test", horizon=2)
     assert isinstance(envs, BatchedUnlearningEnv)

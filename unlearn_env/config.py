@@ -32,6 +32,7 @@ DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 SISSMode = Literal["weights", "rescale"]
 RetainSource = Literal["retain", "all"]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,13 @@ class RuntimeConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     cache_dir: str | None = None
     """Base models and judges are cached here; ``None`` means ``$UNLEARN_ENV_CACHE`` or ``~/.cache/unlearn_env``."""
+    precision: Precision = "fp32"
+    """``bf16``: the environment's UNet forward (and so its backward) runs under bfloat16 autocast;
+    losses, importance weights, gradients and the update stay fp32."""
+    channels_last: bool = False
+    """Hold the environment's UNet in channels-last memory format (faster convolutions on some GPUs)."""
+    compile_unet: bool = False
+    """Run the environment's UNet through ``torch.compile``; the first steps pay the compilation."""
 
     def torch_device(self) -> "torch.device":
         """The device to run on: ``auto`` picks CUDA when it is available."""

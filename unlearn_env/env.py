@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor
+from torch import Tensor, nn
 
 from unlearn_env import siss
 from unlearn_env.config import ExperimentConfig, RetainSource, UnlearnConfig, get_config
@@ -30,6 +30,35 @@ OBS_NAMES: tuple[str, ...] = (
 # The per-step bookkeeping below is shared by :class:`UnlearningEnv` and the batched
 # ``unlearn_env.vector_env.BatchedUnlearningEnv``, so both give the same observations,
 # rewards and infos for the same measured losses.
+
+
+COMPILE_TOLERANCE = 1e-3
+"""Largest relative gradient error of a compiled UNet against eager mode that ``compile_unet`` accepts."""
+
+
+def gradient_error(
+    reference: nn.Module,
+    candidate: nn.Module,
+    params: list[nn.Parameter],
+    batch: siss.SISSBatch,
+    lam: Tensor,
+    gamma: Tensor,
+    sigma: Tensor,
+) -> float:
+    """Largest relative error ||g' - g|| / ||g|| of ``candidate``'s grad L_r and grad L_f against ``reference``'s.
+
+    Both modules must compute with ``params`` (a compiled module and the module it wraps do).
+    Some torch.compile back ends get this UNet's gradients wrong: torch 2.13's CPU inductor
+    returns zero gradients for whole blocks, which would silently corrupt every update.
+    """
+    expected = siss.measure(reference, params, batch, lam, gamma, sigma)
+    actual = siss.measure(candidate, params, batch, lam, gamma, sigma)
+    errors = []
+    for name in ("grad_retain", "grad_forget"):
+        want = torch.cat([g.flatten() for g in getattr(expected, name)])
+        got = torch.cat([g.flatten() for g in getattr(actual, name)])
+        errors.append(float((got - want).norm() / want.norm().clamp_min(1e-30)))
+    return max(errors)
 
 
 def make_spaces(cfg: UnlearnConfig) -> tuple[spaces.Box, spaces.Box]:
@@ -184,14 +213,23 @@ class UnlearningEnv(gym.Env):
         self.retain_images, self.retain_labels = retain_pool(data, cfg.retain_source)
         self.retain_classes = sorted(set(data.retain_labels.tolist()) - {self.forget_class})
 
+        runtime = self.config.runtime
         self.unet = load_base_unet(self.config, self.device)
         self.unet.train()
+        if runtime.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         self.params = [p for p in self.unet.parameters() if p.requires_grad]
+        self._bf16 = runtime.precision == "bf16"
         # (live tensor, in-memory base copy) pairs: reset copies every weight back in one foreach call.
         self._live_tensors = [t for t in self.unet.state_dict().values()]
         self._base_tensors = [t.detach().clone() for t in self._live_tensors]
         self.scheduler = build_scheduler(self.config.model)
         self.gamma, self.sigma = noise_coefficients(self.scheduler, self.device)
+        # The compiled module shares self.unet's parameters, so reset and the optimiser act on both.
+        self._model = self.unet
+        if runtime.compile_unet:
+            self._model = torch.compile(self.unet)
+            self._check_compiled()
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, foreach=True
         )
@@ -217,8 +255,7 @@ class UnlearningEnv(gym.Env):
         self._prev_lambda = self.config.unlearn.lambda_init
         self._done = False
         lam = torch.tensor(self._prev_lambda, device=self.device)
-        batch = self._draw_batch()
-        m = siss.measure(self.unet, self.params, batch, lam, self.gamma, self.sigma)
+        m = self._measure(lam)
         obs, info = reset_outcome(self._scalars(m), self.config.unlearn, self.observation_space)
         self._loss_retain_0 = info["loss_retain"]
         return obs, info
@@ -228,7 +265,7 @@ class UnlearningEnv(gym.Env):
         cfg = self.config.unlearn
         lam_value, clipped = check_action(action, cfg.lambda_min, cfg.lambda_max)
         lam = torch.tensor(lam_value, device=self.device, dtype=torch.float32)
-        obs, reward, terminated, truncated, info, _ = self._advance(lam)
+        obs, reward, terminated, truncated, info, _ = self._advance(lam, lam_value)
         info["action_clipped"] = clipped
         return obs, reward, terminated, truncated, info
 
@@ -243,7 +280,7 @@ class UnlearningEnv(gym.Env):
         low, high = self.config.unlearn.lambda_min, self.config.unlearn.lambda_max
         if not np.isfinite(value) or not low <= value <= high:
             raise ValueError(f"lambda must be finite and within [{low}, {high}], got {value}")
-        return self._advance(lam.to(self.device))
+        return self._advance(lam.to(self.device), value)
 
     def render(self) -> np.ndarray | None:
         """An RGB grid of the current model's DDIM samples: rows are the forget label, then retain labels."""
@@ -270,17 +307,40 @@ class UnlearningEnv(gym.Env):
             self.generator,
         )
 
+    def _measure(self, lam: Tensor) -> siss.SISSMeasurement:
+        """SISS forward and backward passes on a fresh minibatch, under the runtime's precision."""
+        batch = self._draw_batch()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            return siss.measure(self._model, self.params, batch, lam, self.gamma, self.sigma)
+
+    def _check_compiled(self) -> None:
+        """Refuse a compiled UNet whose gradients differ from eager mode on one minibatch."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        batch = siss.draw_batch(
+            self.retain_images, self.retain_labels, self.forget_images, self.forget_labels,
+            self.config.unlearn.batch_size, self.config.model.num_train_timesteps, generator,
+        )
+        lam = torch.tensor(self.config.unlearn.lambda_init, device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            error = gradient_error(self.unet, self._model, self.params, batch, lam, self.gamma, self.sigma)
+        if not error <= COMPILE_TOLERANCE:
+            raise RuntimeError(
+                f"compile_unet: torch.compile's gradients differ from eager mode by {error:.2e} (relative norm, "
+                f"tolerance {COMPILE_TOLERANCE:.0e}) on {self.device.type} with torch {torch.__version__}; "
+                "run without compile_unet"
+            )
+
     @staticmethod
     def _scalars(m: siss.SISSMeasurement) -> np.ndarray:
         """The four measured state entries, gathered in one device-to-host transfer."""
         return torch.stack([m.loss_retain, m.loss_forget, m.norm_retain, m.norm_forget]).double().cpu().numpy()
 
-    def _advance(self, lam: Tensor) -> tuple[np.ndarray, float, bool, bool, dict[str, Any], Tensor]:
+    def _advance(self, lam: Tensor, lam_value: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any], Tensor]:
+        """One SISS update with ``lam`` (``lam_value`` is its value on the host, so no device sync is needed)."""
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() before step()")
         cfg = self.config.unlearn
-        lam_value = float(lam.detach())
-        m = siss.measure(self.unet, self.params, self._draw_batch(), lam, self.gamma, self.sigma)
+        m = self._measure(lam)
         values = self._scalars(m)
         loss_siss_lam = siss.siss_objective(m.loss_retain_lam, m.loss_forget_lam, self.n, self.k, cfg.superfactor)
         self._t += 1

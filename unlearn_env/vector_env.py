@@ -121,6 +121,10 @@ class BatchedUnlearningEnv(VectorEnv):
         self.render_mode = None
         cfg = self.config.unlearn
         self.device = self.config.runtime.torch_device()
+        runtime = self.config.runtime
+        if runtime.channels_last or runtime.compile_unet:
+            raise ValueError("BatchedUnlearningEnv supports precision=bf16 but not channels_last or compile_unet")
+        self._bf16 = runtime.precision == "bf16"
         if forward == "auto":
             forward = "vmap" if self.device.type == "cuda" else "loop"
         self.forward_mode: ForwardMode = forward
@@ -324,9 +328,10 @@ class BatchedUnlearningEnv(VectorEnv):
         count = len(ids)
         theta = self._theta if count == self.num_envs else self._theta[torch.as_tensor(ids, device=self.device)]
         params = [p.detach().requires_grad_() for p in self._split(theta)]
-        eps_pred = self._forward(
-            params, m_t.view(count, size, *m_t.shape[1:]), batch.timesteps.view(count, size), labels.view(count, size)
-        ).reshape(m_t.shape)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            eps_pred = self._forward(
+                params, m_t.view(count, size, *m_t.shape[1:]), batch.timesteps.view(count, size), labels.view(count, size)
+            ).reshape(m_t.shape)
         err_x, err_a, w_x, w_a = siss.pair_terms(eps_pred, m_t, batch, from_forget, lam, self.gamma, self.sigma)
         loss_retain = (w_x.detach() * err_x).view(count, size).mean(1)
         loss_forget = (w_a.detach() * err_a).view(count, size).mean(1)
