@@ -126,7 +126,7 @@ def test_reinforce_climbs_the_return_and_its_kl_pulls_to_the_prior(kl_coef: floa
     model = REINFORCE("MlpPolicy", _Target(), n_steps=32, learning_rate=1e-2, kl_coef=kl_coef, seed=0,
                       policy_kwargs={"net_arch": [8]})
     model.learn(1536)
-    policy = model.policy.get_distribution(th.zeros(1, 1)).distribution
+    policy = model.policy.get_distribution(th.zeros(1, 1, device=model.device)).distribution
     assert policy.loc.item() == pytest.approx(mean, abs=0.25)
     if std is not None:  # a strong KL to N(0, 1) also holds the exploration at the prior's
         assert policy.scale.item() == pytest.approx(std, abs=0.1)

@@ -96,17 +96,19 @@ def test_reset_restores_weights_and_optimizer_exactly(env: UnlearningEnv) -> Non
 
 
 def test_same_seed_and_actions_give_the_same_trajectory(env: UnlearningEnv) -> None:
+    # Bit-exact on CPU; cuDNN's non-deterministic backward kernels leave differences of about 1e-6 on CUDA.
+    rtol = 0.0 if env.device.type == "cpu" else 1e-4
     actions = [0.5, 0.2, 0.9, 0.4]
     obs_a, rew_a = rollout(env, seed=7, actions=actions)
     obs_b, rew_b = rollout(env, seed=7, actions=actions)
-    np.testing.assert_array_equal(np.stack(obs_a), np.stack(obs_b))
-    assert rew_a == rew_b
+    np.testing.assert_allclose(np.stack(obs_b), np.stack(obs_a), rtol=rtol, atol=0)
+    np.testing.assert_allclose(rew_b, rew_a, rtol=rtol, atol=0)
     obs_c, _ = rollout(env, seed=8, actions=actions)
-    assert not np.array_equal(np.stack(obs_a), np.stack(obs_c))
+    assert not np.allclose(np.stack(obs_a), np.stack(obs_c), rtol=1e-2)
     # A fresh environment with the same seed reproduces it too: nothing leaks between instances.
     obs_d, rew_d = rollout(UnlearningEnv(preset="test"), seed=7, actions=actions)
-    np.testing.assert_array_equal(np.stack(obs_a), np.stack(obs_d))
-    assert rew_a == rew_d
+    np.testing.assert_allclose(np.stack(obs_d), np.stack(obs_a), rtol=rtol, atol=0)
+    np.testing.assert_allclose(rew_d, rew_a, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -1,4 +1,8 @@
-"""The step's compute options (bf16 autocast, channels-last, torch.compile) stay close to fp32."""
+"""The step's compute options (bf16 autocast, channels-last, torch.compile) stay close to fp32.
+
+Channels-last changes only the memory layout: about 1e-6 relative on CPU and 5e-4 on CUDA, where
+cuDNN then picks other kernels. bf16 changes the arithmetic: about 1e-2.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ def fp32_states() -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("overrides", "tolerance"),
-    [({"channels_last": True}, 1e-4), ({"precision": "bf16"}, 5e-2), ({"precision": "bf16", "channels_last": True}, 5e-2)],
+    [({"channels_last": True}, 1e-3), ({"precision": "bf16"}, 5e-2), ({"precision": "bf16", "channels_last": True}, 5e-2)],
 )
 def test_option_keeps_the_state_within_tolerance_of_fp32(fp32_states: np.ndarray, overrides: dict, tolerance: float) -> None:
     states = measured_states(**overrides)

@@ -106,8 +106,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     actual = torch.load(train_base_model(resumed, progress=False), weights_only=True)
     assert actual.keys() == expected.keys()
+    # Bit-exact on CPU; cuDNN's non-deterministic backward kernels leave rounding differences on CUDA.
+    rtol, atol = (1e-3, 1e-5) if torch.cuda.is_available() else (0.0, 0.0)
     for name in expected:
-        assert torch.equal(actual[name], expected[name]), name
+        torch.testing.assert_close(actual[name], expected[name], rtol=rtol, atol=atol, msg=name)
 
 
 def test_flips_touch_only_masked_images():

@@ -3,7 +3,8 @@
 Tolerance: the batched computation (grouped convolutions under vmap, batched reductions,
 plain attention, AdamW on stacked rows) differs from N single environments only by float
 rounding. Observations, rewards and info values agree to a relative tolerance of 1e-4
-(absolute 1e-6); the differences measured on CPU are about 2e-6 relative.
+(absolute 1e-6) on CPU, where the differences measured are about 2e-6 relative; on CUDA, where
+cuDNN picks other kernels for the batched shapes, to 1e-3 (about 2e-4 measured on an H100).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 from gymnasium.wrappers import RescaleAction
 from stable_baselines3 import PPO
@@ -25,7 +27,7 @@ from unlearn_env.env import UnlearningEnv
 from unlearn_env.sb3_vec import make_sb3_batched_env
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
-RTOL, ATOL = 1e-4, 1e-6
+RTOL, ATOL = (1e-3 if torch.cuda.is_available() else 1e-4), 1e-6
 N, HORIZON = 3, 3
 
 
@@ -74,8 +76,8 @@ def test_each_sub_env_keeps_its_own_weights() -> None:
     for _ in range(2):
         obs, *_ = envs.step(np.array([[0.2], [0.2], [0.8]], dtype=np.float32))
     weights = [envs.model_state(i) for i in range(3)]
-    assert all(np.allclose(weights[0][k], weights[1][k], rtol=RTOL, atol=ATOL) for k in weights[0])
-    assert any(not np.allclose(weights[0][k], weights[2][k]) for k in weights[0])
+    assert all(torch.allclose(weights[0][k], weights[1][k], rtol=RTOL, atol=ATOL) for k in weights[0])
+    assert any(not torch.allclose(weights[0][k], weights[2][k]) for k in weights[0])
     np.testing.assert_allclose(obs[0], obs[1], rtol=RTOL, atol=ATOL)
     assert not np.allclose(obs[0, :4], obs[2, :4])
     # model_state loads into the preset's UNet.
