@@ -36,6 +36,7 @@ from torch import nn
 
 from agents.algos import ALGOS
 from agents.reinforce import REINFORCE
+from unlearn_env.config import parse_overrides
 
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 
@@ -80,13 +81,7 @@ def load_hyperparams(algo: str, preset: str, overrides: dict[str, Any] | None = 
 
 def parse_hyperparams(pairs: list[str] | None) -> dict[str, Any]:
     """``["key=value", ...]`` from a command line; values are read as YAML (numbers, lists, mappings)."""
-    result: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"hyper-parameter {pair!r} is not of the form key=value")
-        result[key.strip()] = _read_value(value)
-    return result
+    return {key: _read_value(value) for key, value in parse_overrides(pairs).items()}
 
 
 def _read_value(text: str) -> Any:

@@ -296,7 +296,8 @@ class UnlearningEnv(gym.Env):
 
     # ------------------------------------------------------------------ internals
 
-    def _draw_batch(self) -> siss.SISSBatch:
+    def _draw_batch(self, generator: torch.Generator | None = None) -> siss.SISSBatch:
+        """A SISS minibatch from the episode's generator (or from ``generator``)."""
         return siss.draw_batch(
             self.retain_images,
             self.retain_labels,
@@ -304,24 +305,24 @@ class UnlearningEnv(gym.Env):
             self.forget_labels,
             self.config.unlearn.batch_size,
             self.config.model.num_train_timesteps,
-            self.generator,
+            generator or self.generator,
         )
+
+    def _autocast(self) -> torch.autocast:
+        """The runtime's precision for the UNet's passes: bf16 autocast, or a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
     def _measure(self, lam: Tensor) -> siss.SISSMeasurement:
         """SISS forward and backward passes on a fresh minibatch, under the runtime's precision."""
         batch = self._draw_batch()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+        with self._autocast():
             return siss.measure(self._model, self.params, batch, lam, self.gamma, self.sigma)
 
     def _check_compiled(self) -> None:
         """Refuse a compiled UNet whose gradients differ from eager mode on one minibatch."""
-        generator = torch.Generator(device=self.device).manual_seed(0)
-        batch = siss.draw_batch(
-            self.retain_images, self.retain_labels, self.forget_images, self.forget_labels,
-            self.config.unlearn.batch_size, self.config.model.num_train_timesteps, generator,
-        )
+        batch = self._draw_batch(torch.Generator(device=self.device).manual_seed(0))
         lam = torch.tensor(self.config.unlearn.lambda_init, device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+        with self._autocast():
             error = gradient_error(self.unet, self._model, self.params, batch, lam, self.gamma, self.sigma)
         if not error <= COMPILE_TOLERANCE:
             raise RuntimeError(
