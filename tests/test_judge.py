@@ -89,7 +89,9 @@ def test_ensure_judge_returns_frozen_model_and_caches(judge, judge_cfg) -> None:
     (folder,) = Path(judge_cfg.runtime.cache_dir).glob("judge-*")
     report = json.loads((folder / "accuracy.json").read_text())
     assert 0.9 < report["test_accuracy"]["overall"] <= 1.0
-    assert set(report["test_accuracy"]) == {"overall", *map(str, range(11))}
+    assert set(report["test_accuracy"]) == {"overall", "balanced", *map(str, range(11))}
+    per_class = [report["test_accuracy"][str(c)] for c in range(11)]
+    assert report["test_accuracy"]["balanced"] == pytest.approx(sum(per_class) / 11)
     reloaded = ensure_judge(judge_cfg, progress=False, judge_cfg=FAST_JUDGE)
     for (name, a), b in zip(judge.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name
