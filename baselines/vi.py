@@ -19,7 +19,8 @@ copy of the SISS loop):
   lambda, through the importance weights (the coin flips of the mixture and the model's
   errors are not differentiated, as in SPEC §4). The ELBO is backpropagated through
   lambda = sigmoid(mu + sigma * xi) into phi and Adam takes one step on phi per env step:
-  phi learns online during the episode, fresh for each episode unless one is passed in.
+  phi learns online during the episode, fresh for each episode unless a net (and its
+  optimiser) is passed in.
 * v = [L_r, L_f, ||grad L_r||, ||grad L_f||] are the env's current observation entries 0-3:
   measured by the forward pass of the previous step (on theta before that step's update,
   with the previous lambda's mixture and batch), or on the restored base model after
@@ -27,6 +28,12 @@ copy of the SISS loop):
   forward and two backward passes per step, doubling the step, while the observation gives
   the same quantities one update (lr 1e-4) earlier. The net reads log(v): losses and
   gradient norms are positive and span orders of magnitude.
+
+What phi learns: L_r and L_f are unbiased importance-sampling estimates, so their expectations
+do not depend on lambda, but with the coins frozen the lambda-gradient of one batch's L_SISS is
+positive on almost every batch (the retain weights on x-draws grow with lambda, the forget weights
+on a-draws shrink). q_phi therefore mostly learns to lower lambda, at a rate set by ``lr_phi`` and
+held back by beta * KL, whatever the context v says.
 
 Confinement (``VIConfig.confine``): ``clamp`` takes lambda = sigmoid(z) as SPEC §4 and clamps
 it to the bounds (no lambda-gradient while clamped); ``affine`` maps sigmoid(z) onto
@@ -134,17 +141,20 @@ def run_vi_episode(
     seed: int = 0,
     writer: ScalarWriter | None = None,
     net: InferenceNet | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> EpisodeLog:
     """One episode of adaptive-lambda SISS: theta by the env's update, phi online by the ELBO.
 
     ``net`` (q_phi) is trained in place when given, else a fresh one seeded by ``seed`` is
-    used. With ``writer``, the episode's scalars are logged as ``EpisodeLog.write`` does.
+    used. ``optimizer`` steps phi; by default a fresh Adam, so to carry q_phi over several
+    episodes pass the same net and optimiser to each. With ``writer``, the episode's scalars
+    are logged as ``EpisodeLog.write`` does.
     """
     vi_cfg = vi_cfg or VIConfig()
     base = env.unwrapped
     low, high = base.config.unlearn.lambda_min, base.config.unlearn.lambda_max
     net = net if net is not None else new_inference_net(vi_cfg, seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=vi_cfg.lr_phi)
+    optimizer = optimizer if optimizer is not None else torch.optim.Adam(net.parameters(), lr=vi_cfg.lr_phi)
     noise = torch.Generator().manual_seed(seed)
 
     log = EpisodeLog(seed=seed)

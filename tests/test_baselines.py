@@ -70,6 +70,25 @@ def test_vi_gradient_reaches_phi_through_lambda(env: gym.Env) -> None:
         assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0
 
 
+def test_vi_lambda_gradient_is_positive_so_phi_learns_to_lower_lambda(env: gym.Env) -> None:
+    # A property of SPEC §4's objective that the README warns about: with the coins frozen, the retain
+    # weights on x-draws grow with lambda and the forget weights on a-draws shrink, whatever the batch.
+    env.reset(seed=0)
+    for value in (0.15, 0.5, 0.85, 0.3):
+        lam = torch.tensor(value, requires_grad=True)
+        *_, loss_siss = env.unwrapped.step_lambda(lam)
+        (grad,) = torch.autograd.grad(loss_siss, lam)
+        assert grad.item() > 0
+
+
+def test_vi_optimiser_passed_in_carries_phi_across_episodes(env: gym.Env) -> None:
+    net = new_inference_net(VIConfig(), seed=0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for seed in (0, 1):
+        run_vi_episode(env, VIConfig(), seed=seed, net=net, optimizer=optimizer)
+    assert all(state["step"].item() == 2 * HORIZON for state in optimizer.state.values())
+
+
 def test_vi_episode_learns_phi_online_and_keeps_lambda_in_bounds(env: gym.Env) -> None:
     net = new_inference_net(VIConfig(), seed=0)
     before = [p.detach().clone() for p in net.parameters()]
