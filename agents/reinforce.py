@@ -11,9 +11,11 @@ Per rollout of ``n_steps`` steps per environment, one gradient step on
     loss = -mean_t[ A_t * log pi(a_t | s_t) ] + kl_coef * mean_t[ KL(pi(.|s_t) || N(0, I)) ]
            + vf_coef * mean_t[ (V(s_t) - G_t)^2 ]            (only with ``use_baseline``)
 
-* ``G_t`` is the Monte-Carlo return (``gae_lambda = 1``). It is exact when ``n_steps`` is a
-  multiple of the episode length, which ``agents.hyperparams`` checks for this algorithm:
-  every rollout then ends on a terminal step and nothing is bootstrapped.
+* ``G_t`` is the Monte-Carlo return (``gae_lambda = 1``). ``n_steps`` must be a multiple of
+  the episode length (``agents.hyperparams`` checks it), so every rollout ends on a terminal
+  step. An episode cut short (a diverged SISS step) shifts the later ones against the rollout
+  boundaries; the unfinished episode at the end of a rollout would then have returns
+  bootstrapped from V, so its steps are left out of the update (:func:`monte_carlo_mask`).
 * ``A_t = G_t - V(s_t)`` with a learned baseline (variance reduction, no bias), else ``G_t``.
 * The KL term pulls the Gaussian policy over the unsquashed action towards the fixed prior
   N(0, I). In ``[-1, 1]`` action units its mean is the middle of the lambda range
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -35,6 +38,20 @@ from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
 SelfREINFORCE = TypeVar("SelfREINFORCE", bound="REINFORCE")
+
+
+def monte_carlo_mask(episode_starts: np.ndarray, last_dones: np.ndarray) -> np.ndarray:
+    """Which rollout steps have a true Monte-Carlo return: all but an unfinished final episode.
+
+    ``episode_starts`` is the rollout buffer's ``(n_steps, n_envs)`` flags and ``last_dones``
+    whether each env's last step ended its episode. Where it did not, the steps from that
+    env's last episode start onwards have returns bootstrapped from the value function.
+    """
+    keep = np.ones(episode_starts.shape, dtype=bool)
+    for env in np.flatnonzero(~np.asarray(last_dones, dtype=bool)):
+        starts = np.flatnonzero(episode_starts[:, env])
+        keep[starts[-1] if len(starts) else 0:, env] = False
+    return keep
 
 
 class REINFORCE(OnPolicyAlgorithm):
@@ -102,14 +119,22 @@ class REINFORCE(OnPolicyAlgorithm):
             self._setup_model()
 
     def train(self) -> None:
-        """One gradient step on the whole rollout."""
+        """One gradient step on the rollout's steps with Monte-Carlo returns."""
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        rollout = next(self.rollout_buffer.get(batch_size=None))
+        buffer = self.rollout_buffer
+        keep = monte_carlo_mask(buffer.episode_starts, self._last_episode_starts)
+        self.logger.record("train/mc_fraction", float(keep.mean()))
+        if not keep.any():
+            return
+        # Boolean indexing of the (n_steps, n_envs, ...) arrays keeps the complete episodes' steps.
+        observations = buffer.to_torch(buffer.observations[keep])
+        actions = buffer.to_torch(buffer.actions[keep].astype(np.float32))
+        returns = buffer.to_torch(buffer.returns[keep])
 
-        distribution = self.policy.get_distribution(rollout.observations).distribution
-        log_prob = distribution.log_prob(rollout.actions).sum(dim=-1)
-        advantages = rollout.advantages if self.use_baseline else rollout.returns
+        distribution = self.policy.get_distribution(observations).distribution
+        log_prob = distribution.log_prob(actions).sum(dim=-1)
+        advantages = buffer.to_torch(buffer.advantages[keep]) if self.use_baseline else returns
         if self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss = -(advantages * log_prob).mean()
@@ -117,7 +142,7 @@ class REINFORCE(OnPolicyAlgorithm):
         kl = kl_divergence(distribution, prior).sum(dim=-1).mean()
         loss = policy_loss + self.kl_coef * kl
         if self.use_baseline:
-            value_loss = F.mse_loss(self.policy.predict_values(rollout.observations).flatten(), rollout.returns)
+            value_loss = F.mse_loss(self.policy.predict_values(observations).flatten(), returns)
             loss = loss + self.vf_coef * value_loss
             self.logger.record("train/value_loss", value_loss.item())
 

@@ -22,7 +22,7 @@ from agents.hyperparams import (
     parse_hyperparams,
     vecnormalize_kwargs,
 )
-from agents.reinforce import REINFORCE
+from agents.reinforce import REINFORCE, monte_carlo_mask
 from unlearn_env.config import PRESETS, get_config
 from unlearn_env.episode import run_episode
 
@@ -119,6 +119,16 @@ class _Target(gym.Env):
     def step(self, action):
         self.t += 1
         return np.zeros(1, np.float32), -float((action[0] - 1.0) ** 2), self.t >= 4, False, {}
+
+
+def test_reinforce_leaves_out_an_unfinished_final_episode() -> None:
+    # env 0: episodes of 3 steps that fit the rollout; env 1: a 2-step episode (a divergence) shifted
+    # the next one, which is unfinished when the rollout ends; env 2: no episode start at all.
+    starts = np.array([[1, 1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0], [0, 1, 0]], dtype=np.float32)
+    keep = monte_carlo_mask(starts, last_dones=np.array([True, False, False]))
+    assert keep[:, 0].all()
+    assert keep[:, 1].tolist() == [True] * 5 + [False]
+    assert not keep[:, 2].any()
 
 
 @pytest.mark.parametrize(("kl_coef", "mean", "std"), [(0.0, 1.0, None), (10.0, 0.0, 1.0)])
