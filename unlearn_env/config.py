@@ -126,7 +126,9 @@ class UnlearnConfig:
     alpha: float = 1.0
     """Smoothness penalty on (lambda_t - lambda_{t-1})^2."""
     kappa: float = 0.0
-    """Retain-safety penalty on max(0, L_r,t - L_r,0)."""
+    """Retain-safety penalty on max(0, L_r,t - L_r,0). Both are one minibatch's importance-weighted
+    estimates, so the term is biased upward by their noise, more at high lambda (w_x ~ 1/(1 - lambda)):
+    expect a few hundredths of kappa per step even when the retain loss does not rise."""
     crash_penalty: float = 100.0
     """Reward of a step whose loss or gradient is not finite (the episode then ends)."""
     obs_limit: float = 1e6
