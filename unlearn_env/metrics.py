@@ -168,7 +168,9 @@ def fid_kid(
     :func:`make_feature_extractor`. KID's subset size is capped at the smaller set's
     size, so small sample counts work; both sets need at least 2 images. The KID
     subsets are drawn from a generator seeded with ``seed`` (the caller's global
-    RNG is left untouched), so the result is deterministic.
+    RNG is left untouched), so the result is deterministic. The KID std is the spread
+    over subsets, not an uncertainty: when a set is no larger than the subset size every
+    subset holds all of it (0 when both are). Compare methods by the spread over seeds.
     """
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID and KID need at least 2 images per set, got {len(real)} real and {len(fake)} fake")
