@@ -32,11 +32,9 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 import typing
@@ -53,7 +51,7 @@ from tqdm.auto import tqdm
 from baselines.static import run_static
 from baselines.vi import VIConfig, run_vi_episode
 from unlearn_env import report
-from unlearn_env.cache import atomic_torch_save, atomic_write_json, atomic_write_text
+from unlearn_env.cache import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
 from unlearn_env.data import to_uint8
 from unlearn_env.env import UnlearningEnv
@@ -365,15 +363,7 @@ class Bench:
 
 def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """``np.savez_compressed`` through a temporary file, so a reader never sees half an archive."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, images=images, labels=labels)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: np.savez_compressed(handle, images=images, labels=labels))
 
 
 def check_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn_env.cache import artifact_lock, atomic_torch_save
+from unlearn_env.cache import artifact_lock, atomic_torch_save, atomic_write_text
 from unlearn_env.config import get_config
 from unlearn_env.pretrain import base_model_dir, ensure_base_model, train_base_model
 
@@ -21,6 +23,18 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> No
         atomic_torch_save({"step": 2, "unpicklable": lambda: None}, target)
     assert torch.load(target) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temporary file is left behind"
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path: Path) -> None:
+    # mkstemp makes private 0600 files; a shared cache must stay readable by the group.
+    old_mask = os.umask(0o022)
+    try:
+        atomic_write_text("x", tmp_path / "shared.txt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old_mask)
+    mode = stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o644
 
 
 def test_a_waiting_process_reuses_the_model_built_under_the_lock(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -42,12 +42,23 @@ def artifact_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(handle)`` on a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets the permissions of a plain ``open`` (0666 less the umask), not mkstemp's
+    private 0600, so a shared cache or results folder stays readable by its group.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -60,12 +71,12 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` that never leaves a truncated file behind."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file atomically."""
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
