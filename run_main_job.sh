@@ -23,18 +23,18 @@ RUN="$OUT/policies/ppo/${PRESET}_0"
 stage() { printf '\n==> [%s, %d s so far] %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*"; }
 
 stage "1/3 base model (cached after the first run)"
-python -m unlearn_env.pretrain --preset "$PRESET"
+scripts/python -m unlearn_env.pretrain --preset "$PRESET"
 
 stage "2/3 PPO for $PPO_STEPS steps -> $RUN"
 if [ -e "$RUN/config.json" ]; then
-  python train_policy.py --algo ppo --preset "$PRESET" --seed 0 --out "$OUT/policies" \
+  scripts/python train_policy.py --algo ppo --preset "$PRESET" --seed 0 --out "$OUT/policies" \
     --total-timesteps "$PPO_STEPS" --resume
 else
-  python train_policy.py --algo ppo --preset "$PRESET" --seed 0 --out "$OUT/policies" \
+  scripts/python train_policy.py --algo ppo --preset "$PRESET" --seed 0 --out "$OUT/policies" \
     --total-timesteps "$PPO_STEPS"
 fi
 
 stage "3/3 evaluation over $SEEDS seeds (the judge is trained first if missing)"
-python evaluate.py --preset "$PRESET" --methods "base,static:0.5,vi,ppo:$RUN" --seeds "$SEEDS" --out "$OUT/eval"
+scripts/python evaluate.py --preset "$PRESET" --methods "base,static:0.5,vi,ppo:$RUN" --seeds "$SEEDS" --out "$OUT/eval"
 
 stage "done: $OUT/eval/report.md"
