@@ -39,6 +39,8 @@ def test_unknown_key_lists_valid_keys() -> None:
         ("lambda_min", "0.0", "lambda_min"),
         ("lambda_init", "0.95", "lambda_init"),
         ("hflip_forget", "maybe", "boolean"),
+        ("adam_betas", "0.9", "adam_betas expects 2 comma-separated values"),
+        ("adam_betas", "0.9,0.99,0.999", "adam_betas expects 2"),
     ],
 )
 def test_bad_values_name_the_field(key: str, value: str, message: str) -> None:

@@ -261,8 +261,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is tuple:
         items = value.replace("(", "").replace(")", "").split(",") if isinstance(value, str) else list(value)
         items = [i for i in items if not (isinstance(i, str) and not i.strip())]
-        elem = args[0]
-        return tuple(_coerce(key, i, elem) for i in items)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, i, args[0]) for i in items)
+        if len(items) != len(args):
+            raise ValueError(f"{key} expects {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(key, i, elem) for i, elem in zip(items, args))
     if hint is bool:
         if isinstance(value, str):
             lowered = value.strip().lower()
