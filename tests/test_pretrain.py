@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +143,21 @@ def test_cli_reports_cached_model(trained, capsys):
     out = capsys.readouterr().out
     assert str(base_path) in out
     assert str(base_path.parent / "samples.png") in out
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    cfg = get_config("test", cache_dir=str(tmp_path), train_steps=100_000)
+    checkpoint = base_model_dir(cfg) / pretrain.CHECKPOINT_FILE
+    command = [sys.executable, "-m", "unlearn_env.pretrain", "--preset", "test",
+               "--env-kwargs", f"cache_dir={tmp_path}", "train_steps=100000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert f"the checkpoint {checkpoint} is kept" in output and "run the same command to resume" in output
+    assert "Traceback" not in output
+    assert torch.load(checkpoint, weights_only=True)["step"] >= cfg.pretrain.checkpoint_every

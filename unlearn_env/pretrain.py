@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.force:
         for name in (BASE_FILE, CHECKPOINT_FILE):
             (base_model_dir(cfg) / name).unlink(missing_ok=True)
-    base_path = ensure_base_model(cfg)
+    try:
+        base_path = ensure_base_model(cfg)
+    except KeyboardInterrupt:
+        checkpoint = base_model_dir(cfg) / CHECKPOINT_FILE
+        kept = f"the checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint was written yet"
+        print(f"\ninterrupted: {kept} (every {cfg.pretrain.checkpoint_every} steps); run the same command to resume")
+        raise SystemExit(130) from None
     print(f"base model (EMA weights): {base_path}")
     print(f"sample grid:              {base_path.parent / SAMPLES_FILE}")
 
