@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.pretrain import load_base_unet
 
-from timing import time_block
+from timing import json_target, positive_int, time_block
 
 
 class PlainLoop:
@@ -65,10 +64,10 @@ class PlainLoop:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per block")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating env/plain rounds")
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps per block")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="alternating env/plain rounds")
     parser.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=json_target, help="also write the figures here")
     args = parser.parse_args()
 
     # A long horizon so that the timed env steps never hit an episode end.

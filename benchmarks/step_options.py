@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from unlearn_env.config import PRESETS, get_config, parse_overrides
 from unlearn_env.env import UnlearningEnv
 
-from timing import time_block
+from timing import json_target, positive_int, time_block
 
 OPTION_FIELDS: dict[str, dict[str, Any]] = {
     "fp32": {},
@@ -66,13 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--options", default=DEFAULT_OPTIONS, help="comma-separated; join options with '+'")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per block, at least")
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per block, at least")
     parser.add_argument("--min-block-seconds", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--check-steps", type=int, default=10, help="steps compared with the fp32 trajectory")
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--check-steps", type=positive_int, default=10, help="steps compared with the fp32 trajectory")
     parser.add_argument("--tolerance", type=float, default=0.05, help="largest acceptable relative state deviation")
     parser.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=json_target, help="also write the figures here")
     args = parser.parse_args()
 
     options = [o.strip() for o in args.options.split(",") if o.strip()]

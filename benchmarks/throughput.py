@@ -42,7 +42,6 @@ import subprocess
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -56,7 +55,7 @@ from unlearn_env.env import UnlearningEnv, retain_pool
 from unlearn_env.pretrain import BASE_FILE, base_model_dir, load_base_unet
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
-from timing import time_block
+from timing import json_target, positive_int, positive_int_list, time_block
 
 METHODS: tuple[str, ...] = ("batched-vmap", "batched-loop", "sync", "plain")
 FOREVER = 10**9
@@ -277,17 +276,17 @@ def print_table(preset: str, results: list[dict[str, Any]], num_envs: list[int],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=None, help="comma-separated (default: test,cpu; plus paper on a GPU)")
-    parser.add_argument("--num-envs", default="1,2,4,8,16", help="comma-separated N")
+    parser.add_argument("--num-envs", type=positive_int_list, default="1,2,4,8,16", help="comma-separated N")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the median counts")
-    parser.add_argument("--steps", type=int, default=1, help="vector steps per timed block, at least")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds; the median counts")
+    parser.add_argument("--steps", type=positive_int, default=1, help="vector steps per timed block, at least")
     parser.add_argument("--min-block-seconds", type=float, default=0.5, help="each timed block lasts at least this")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed vector steps of each method first")
-    parser.add_argument("--paper-max-envs-cpu", type=int, default=2, help="largest N for the paper preset on CPU")
+    parser.add_argument("--warmup", type=positive_int, default=1, help="untimed vector steps of each method first")
+    parser.add_argument("--paper-max-envs-cpu", type=positive_int, default=2, help="largest N for the paper preset on CPU")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--train-base", action="store_true", help="train missing base models instead of stand-ins")
     parser.add_argument("--env-kwargs", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for all presets")
-    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--json", type=json_target, help="also write every figure here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -300,7 +299,7 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     auto = "batched-vmap" if on_gpu else "batched-loop"
     presets = (args.presets or ("test,cpu,paper" if on_gpu else "test,cpu")).split(",")
-    num_envs = sorted(int(n) for n in args.num_envs.split(","))
+    num_envs = args.num_envs
     methods = args.methods.split(",")
     unknown = sorted(set(presets) - set(PRESETS)) + sorted(set(methods) - set(METHODS))
     if unknown:

@@ -1,8 +1,10 @@
-"""Wall-clock timing shared by the benchmark scripts."""
+"""Wall-clock timing and command-line argument types shared by the benchmark scripts."""
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,3 +25,29 @@ def time_block(step: Callable[[], None], count: int, device: torch.device, min_s
         calls += 1
     synchronize(device)
     return (time.perf_counter() - started) / calls
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, sorted, e.g. ``1,2,4``."""
+    return sorted(positive_int(item.strip()) for item in text.split(",") if item.strip())
+
+
+def json_target(text: str) -> Path:
+    """argparse type: where to write the JSON figures; its folder is created now, not after the run."""
+    path = Path(text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot create the folder of {path}: {err}") from None
+    return path
