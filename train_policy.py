@@ -7,9 +7,16 @@
 Writes ``<out>/<algo>/<preset>_<seed>/`` (see :mod:`agents.runs`): the model, its VecNormalize
 statistics, ``config.json`` (everything needed to rebuild the run), ``command.txt``, periodic
 checkpoints, Monitor CSVs and TensorBoard events with the per-step lambda, losses, gradient
-norms and reward terms and the per-episode return. Ctrl-C stops training and saves.
-``--resume`` continues a run from its latest snapshot with its saved settings (repeating the
-original command line plus ``--resume`` is fine; changed settings are refused);
+norms and reward terms and the per-episode return. Ctrl-C stops training, saves, and exits
+with status 130, so that a calling script stops too. A mistake in the settings (an unknown
+key, a bad value, a missing data folder) exits with status 2 and one line, before anything
+is written: the corrected command starts the run afresh. One process trains into a folder
+at a time.
+
+``--resume`` continues a run from its latest snapshot that reads back, with its saved
+settings: repeating the original command line plus ``--resume`` is fine, and so is a value
+equal to the saved one once resolved (``horizon=8`` where the preset's 8 was used); a
+different value is refused, except in the ``runtime`` section (device, cache folder).
 ``--total-timesteps`` is the run's total, so a resumed run trains the difference.
 """
 
@@ -22,8 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, ProgressBarCallback
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.algos import ALGOS
 from agents.callbacks import StepScalarsCallback
@@ -36,18 +44,36 @@ from agents.hyperparams import (
     parse_hyperparams,
     vecnormalize_kwargs,
 )
-from agents.runs import CHECKPOINT_PREFIX, TB_LOG_NAME, RunLayout, latest_snapshot, save_atomically
-from unlearn_env.config import PRESETS, SECTIONS, get_config, parse_overrides
+from agents.runs import (
+    CHECKPOINT_PREFIX,
+    TB_LOG_NAME,
+    RunError,
+    RunLayout,
+    Snapshot,
+    latest_snapshot,
+    run_lock,
+    save_atomically,
+)
+from unlearn_env.cache import atomic_write_json
+from unlearn_env.config import PRESETS, SECTIONS, get_config, parse_overrides, positive_int
+from unlearn_env.data import DataError
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C, once saved: 128 + SIGINT, as a shell reports it, so ``set -e`` stops."""
+
+USAGE_ERROR = 2
+"""Exit status of a mistake in the settings, as argparse gives for one on the command line."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", required=True, choices=sorted(ALGOS))
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    parser.add_argument("--total-timesteps", type=int, default=None,
+    parser.add_argument("--total-timesteps", type=positive_int, default=None,
                         help="env steps of the whole run (default: n_timesteps of the hyper-parameter file)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-envs", type=int, default=None, help="environment copies (default: n_envs of the file)")
+    parser.add_argument("--n-envs", type=positive_int, default=None,
+                        help="environment copies (default: n_envs of the file)")
     parser.add_argument("--vec-env", choices=("dummy", "subproc", "batched"), default=None,
                         help="step the copies in turn (dummy, the default), in one process each (subproc), "
                              "or in one batched computation (batched)")
@@ -58,13 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="environment config overrides, e.g. horizon=30 alpha=0.5")
     parser.add_argument("--hyperparams", nargs="*", default=[], metavar="KEY=VALUE",
                         help="hyper-parameter overrides (YAML values), e.g. learning_rate=1e-3")
-    parser.add_argument("--save-freq", type=int, default=None,
+    parser.add_argument("--save-freq", type=positive_int, default=None,
                         help="checkpoint every this many env steps (default: every 5 episodes)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest snapshot")
     parser.add_argument("--device", default="cpu", help="device of the agent's networks (the env has its own)")
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     parser.add_argument("--verbose", type=int, default=0)
-    return parser.parse_args(argv)
+    return parser
 
 
 def saved_env_overrides(env_config: dict[str, Any]) -> dict[str, Any]:
@@ -72,79 +98,119 @@ def saved_env_overrides(env_config: dict[str, Any]) -> dict[str, Any]:
     return {key: value for section in SECTIONS for key, value in env_config[section].items()}
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Train (or resume) one run; return its folder."""
-    args = parse_args(argv)
+def resolve_env_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset with ``overrides`` applied, as saved in ``config.json`` (tuples as lists)."""
+    env_config = get_config(preset, **overrides)
+    try:
+        env_config.runtime.torch_device()  # an unavailable device fails here, in one line
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+    return json.loads(json.dumps(env_config.to_dict()))
+
+
+def new_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of a new run: the command line over the preset and its hyper-parameter file."""
+    env_kwargs = parse_overrides(args.env_kwargs)
+    hyperparams = load_hyperparams(args.algo, args.preset, parse_hyperparams(args.hyperparams))
+    return {
+        "algo": args.algo,
+        "preset": args.preset,
+        "seed": args.seed,
+        "n_envs": hyperparams.get("n_envs", 1) if args.n_envs is None else args.n_envs,
+        "vec_env": args.vec_env or "dummy",
+        "total_timesteps": hyperparams["n_timesteps"] if args.total_timesteps is None else args.total_timesteps,
+        "env_kwargs": env_kwargs,
+        "hyperparams": hyperparams,
+        "env_config": resolve_env_config(args.preset, env_kwargs),
+    }
+
+
+def resumed_config(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any]:
+    """The saved settings of a run, with the command line's step budget, vector env and runtime section.
+
+    The command line's other settings are resolved on top of the saved ones and must leave them
+    as they are: a different environment or agent would not be the same run.
+    """
+    config = layout.read_config()
+    saved_env, saved_hp = config["env_config"], config["hyperparams"]
+    env_config = resolve_env_config(config["preset"], saved_env_overrides(saved_env) | parse_overrides(args.env_kwargs))
+    hyperparams = saved_hp | parse_hyperparams(args.hyperparams)
+    differ = [f"{key} (saved {value!r}, given {env_config[section].get(key)!r})"
+              for section in SECTIONS if section != "runtime"  # where the run is computed may change
+              for key, value in saved_env[section].items() if env_config[section].get(key) != value]
+    differ += [f"{key} (saved {saved_hp.get(key)!r}, given {value!r})"
+               for key, value in hyperparams.items() if key not in saved_hp or saved_hp[key] != value]
+    if args.n_envs is not None and args.n_envs != config["n_envs"]:
+        differ.append(f"n_envs (saved {config['n_envs']}, given {args.n_envs})")
+    if differ:
+        raise SystemExit(f"--resume continues {layout.root} with its saved settings; these differ: {'; '.join(differ)}")
+    config["env_config"] = env_config
+    if args.total_timesteps is not None:
+        config["total_timesteps"] = args.total_timesteps
+    if args.vec_env is not None:
+        config["vec_env"] = args.vec_env
+    return config
+
+
+def build_model(
+    args: argparse.Namespace, config: dict[str, Any], layout: RunLayout, vec_env: VecEnv, snapshot: Snapshot | None
+) -> BaseAlgorithm:
+    """A fresh model on ``vec_env``, or the one of ``snapshot`` with its VecNormalize statistics and replay buffer."""
     algo_cls = ALGOS[args.algo]
-    layout = RunLayout(args.out / args.algo / f"{args.preset}_{args.seed}")
-
-    # 1. Settings: from the command line for a new run, from config.json when resuming.
-    if args.resume:
-        if not layout.config.exists():
-            raise SystemExit(f"--resume: {layout.root} holds no run")
-        config = layout.read_config()
-        # The same command line plus --resume is fine; a different environment or agent is not.
-        changed = {k: v for k, v in parse_overrides(args.env_kwargs).items() if config["env_kwargs"].get(k) != v}
-        changed |= {k: v for k, v in parse_hyperparams(args.hyperparams).items() if config["hyperparams"].get(k) != v}
-        if args.n_envs is not None and args.n_envs != config["n_envs"]:
-            changed["n_envs"] = args.n_envs
-        if changed:
-            raise SystemExit(f"--resume continues {layout.root} with its saved settings; these differ: {changed}")
-        config["total_timesteps"] = args.total_timesteps or config["total_timesteps"]
-        config["vec_env"] = args.vec_env or config["vec_env"]
-    else:
-        if layout.config.exists():
-            raise SystemExit(f"{layout.root} already holds a run: pass --resume to continue it")
-        env_kwargs = parse_overrides(args.env_kwargs)
-        hyperparams = load_hyperparams(args.algo, args.preset, parse_hyperparams(args.hyperparams))
-        config = {
-            "algo": args.algo,
-            "preset": args.preset,
-            "seed": args.seed,
-            "n_envs": args.n_envs or hyperparams.get("n_envs", 1),
-            "vec_env": args.vec_env or "dummy",
-            "total_timesteps": args.total_timesteps or hyperparams["n_timesteps"],
-            "env_kwargs": env_kwargs,
-            "hyperparams": hyperparams,
-            "env_config": get_config(args.preset, **env_kwargs).to_dict(),
-        }
-    hyperparams = config["hyperparams"]
-    horizon = config["env_config"]["unlearn"]["horizon"]
-    check_rollout_length(args.algo, hyperparams, horizon)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    layout.config.write_text(json.dumps(config, indent=2) + "\n")
-    with layout.command.open("a") as handle:
-        handle.write(shlex.join(["python", "train_policy.py", *(sys.argv[1:] if argv is None else argv)]) + "\n")
-
-    # 2. Environments, wrapped for the agent, and the model: fresh or from the latest snapshot.
-    normalize = vecnormalize_kwargs(hyperparams)
-    snapshot = latest_snapshot(layout, normalized=normalize is not None) if args.resume else None
-    # A resumed run rebuilds its env from the saved resolved config: presets may change meanwhile.
-    env_kwargs = saved_env_overrides(config["env_config"]) if args.resume else config["env_kwargs"]
-    vec_env = make_lambda_vec_env(
-        config["preset"], env_kwargs, config["n_envs"], layout.monitor, config["vec_env"], append_monitor=args.resume
-    )
+    normalize = vecnormalize_kwargs(config["hyperparams"])
     if snapshot is None:
         if args.resume:
             print(f"{layout.root} has no snapshot yet: starting from scratch")
         if normalize is not None:
             vec_env = VecNormalize(vec_env, **normalize)
-        kwargs = model_kwargs(hyperparams, action_dim=vec_env.action_space.shape[0])
-        model = algo_cls(env=vec_env, seed=config["seed"], tensorboard_log=str(layout.root),
-                         verbose=args.verbose, device=args.device, **kwargs)
-    else:
-        print(f"resuming {layout.root} from {snapshot.model.name} at {snapshot.num_timesteps} steps")
-        if snapshot.vecnormalize is not None:
-            vec_env = VecNormalize.load(str(snapshot.vecnormalize), vec_env)
-        model = algo_cls.load(snapshot.model, env=vec_env, device=args.device,
-                              tensorboard_log=str(layout.root), verbose=args.verbose)
-        if snapshot.replay_buffer is not None:
-            model.load_replay_buffer(snapshot.replay_buffer)
-        # New episodes after a resume: reseed from the step count, not the run's first seed.
-        model.set_random_seed(config["seed"] + model.num_timesteps)
+        kwargs = model_kwargs(config["hyperparams"], action_dim=vec_env.action_space.shape[0])
+        return algo_cls(env=vec_env, seed=config["seed"], tensorboard_log=str(layout.root),
+                        verbose=args.verbose, device=args.device, **kwargs)
+    print(f"resuming {layout.root} from {snapshot.model.name} at {snapshot.num_timesteps} steps")
+    if snapshot.vecnormalize is not None:
+        vec_env = VecNormalize.load(str(snapshot.vecnormalize), vec_env)
+    model = algo_cls.load(snapshot.model, env=vec_env, device=args.device,
+                          tensorboard_log=str(layout.root), verbose=args.verbose)
+    if snapshot.replay_buffer is not None:
+        model.load_replay_buffer(snapshot.replay_buffer)
+    # New episodes after a resume: reseed from the step count, not the run's first seed.
+    model.set_random_seed(config["seed"] + model.num_timesteps)
+    return model
 
-    # 3. Train until the run's total, with checkpoints, per-step TensorBoard scalars and a bar.
-    save_freq = args.save_freq or 5 * horizon
+
+def _message(err: Exception) -> str:
+    """An exception's message; a KeyError's ``str`` would wrap it in quotes."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.ArgumentParser, argv: list[str]) -> Path:
+    """Train (or resume) the run in ``layout``, whose lock the caller holds."""
+    # 1. Settings, environments and model. A mistake in the settings ends here, in one line and
+    # before config.json exists, so that the corrected command starts the run afresh.
+    if not args.resume and layout.config.exists():
+        raise SystemExit(f"{layout.root} already holds a run: pass --resume to continue it")
+    vec_env: VecEnv | None = None
+    try:
+        config = resumed_config(args, layout) if args.resume else new_config(args)
+        horizon = config["env_config"]["unlearn"]["horizon"]
+        check_rollout_length(args.algo, config["hyperparams"], horizon)
+        normalized = vecnormalize_kwargs(config["hyperparams"]) is not None
+        snapshot = latest_snapshot(layout, normalized) if args.resume else None
+        # A resumed run rebuilds its env from the saved resolved config: presets may change meanwhile.
+        env_kwargs = saved_env_overrides(config["env_config"]) if args.resume else config["env_kwargs"]
+        vec_env = make_lambda_vec_env(config["preset"], env_kwargs, config["n_envs"], layout.monitor,
+                                      config["vec_env"], append_monitor=args.resume)
+        model = build_model(args, config, layout, vec_env, snapshot)
+    except (KeyError, ValueError, DataError) as err:
+        if vec_env is not None:
+            vec_env.close()
+        parser.exit(USAGE_ERROR, f"{parser.prog}: error: {_message(err)}\n")
+    atomic_write_json(config, layout.config)
+    with layout.command.open("a") as handle:
+        handle.write(shlex.join(["python", "train_policy.py", *argv]) + "\n")
+
+    # 2. Train until the run's total, with checkpoints, per-step TensorBoard scalars and a bar.
+    save_freq = 5 * horizon if args.save_freq is None else args.save_freq
     callbacks = [
         CheckpointCallback(
             save_freq=max(save_freq // config["n_envs"], 1),
@@ -158,6 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.progress_bar:
         callbacks.append(ProgressBarCallback())
     remaining = config["total_timesteps"] - model.num_timesteps
+    interrupted = False
     if remaining <= 0:
         print(f"{layout.root} already has {model.num_timesteps} of {config['total_timesteps']} steps")
     else:
@@ -165,17 +232,37 @@ def main(argv: list[str] | None = None) -> Path:
             model.learn(remaining, callback=CallbackList(callbacks), tb_log_name=TB_LOG_NAME,
                         reset_num_timesteps=snapshot is None)
         except KeyboardInterrupt:
+            interrupted = True
             print(f"\ninterrupted at {model.num_timesteps} steps: saving to {layout.root}")
 
-    # 4. Save: companions first and the model last, each atomically, so model.zip implies them.
+    # 3. Save: companions first and the model last, each atomically, so model.zip implies them.
     if model.get_vec_normalize_env() is not None:
         save_atomically(layout.vecnormalize, lambda p: model.get_vec_normalize_env().save(str(p)))
     if is_off_policy(args.algo):
         save_atomically(layout.replay_buffer, model.save_replay_buffer)
     save_atomically(layout.model, model.save)
-    vec_env.close()
+    model.get_env().close()
     print(f"saved {layout.model} ({model.num_timesteps} steps)")
+    if interrupted:
+        resume = argv if args.resume else [*argv, "--resume"]
+        print(f"to continue: {shlex.join(['python', 'train_policy.py', *resume])}")
+        raise SystemExit(INTERRUPTED)
     return layout.root
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Train (or resume) one run; return its folder. Exits with status 130 after Ctrl-C, once saved."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    layout = RunLayout(args.out / args.algo / f"{args.preset}_{args.seed}")
+    if args.resume and not layout.config.exists():
+        raise SystemExit(f"--resume: {layout.root} holds no run")
+    try:
+        with run_lock(layout):
+            return train(args, layout, parser, argv)
+    except RunError as err:  # the folder is busy, or none of its snapshots reads back
+        raise SystemExit(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ dict. Keys are the algorithm's constructor arguments (``learning_rate``, ``n_ste
 ``policy``        the SB3 policy, ``MlpPolicy`` by default
 ``n_timesteps``   default training budget in env steps (``--total-timesteps`` overrides it)
 ``n_envs``        default number of environment copies (``--n-envs`` overrides it)
-``normalize``     ``true``/``false``, or ``VecNormalize`` keyword arguments; ``true`` means
-                  ``{norm_obs: true, norm_reward: false}``
+``normalize``     ``true``/``false`` (nothing else), or ``VecNormalize`` keyword arguments;
+                  ``true`` means ``{norm_obs: true, norm_reward: false}``
 ``noise_type``    action noise of off-policy algorithms: ``normal`` or ``ornstein-uhlenbeck``
 ``noise_std``     its standard deviation, in the agent's [-1, 1] action units
 ================  ==========================================================================
 
 ``policy_kwargs`` is a YAML mapping; ``activation_fn`` may name ``tanh``, ``relu``, ``elu``
-or ``leaky_relu``. An unknown key is an error that lists the valid ones.
+or ``leaky_relu``. An unknown key is an error that lists the valid ones, and so is a value of
+the wrong kind where the constructor's default is a number or a boolean (``gamma: abc``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "el
 
 NOISES: dict[str, type[ActionNoise]] = {"normal": NormalActionNoise, "ornstein-uhlenbeck": OrnsteinUhlenbeckActionNoise}
 
+# The types of our numeric keys; a constructor argument's type is that of its default.
+_OUR_TYPES: dict[str, type] = {"n_timesteps": int, "n_envs": int, "noise_std": float}
+
 
 def valid_keys(algo_cls: type[BaseAlgorithm]) -> list[str]:
     """Every key a hyper-parameter file may use for ``algo_cls``."""
@@ -76,17 +80,47 @@ def load_hyperparams(algo: str, preset: str, overrides: dict[str, Any] | None = 
         )
     if "noise_type" in hyperparams and hyperparams["noise_type"] not in NOISES:
         raise ValueError(f"noise_type must be one of {sorted(NOISES)}, got {hyperparams['noise_type']!r}")
+    hyperparams = _check_types(ALGOS[algo], hyperparams)
+    vecnormalize_kwargs(hyperparams)  # checks normalize now, not when the environments are built
     return hyperparams
+
+
+def _check_types(algo_cls: type[BaseAlgorithm], hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparams`` with numbers and booleans checked; a wrong one would fail deep inside training.
+
+    A key's type is that of the constructor's default (``None`` or ``"auto"`` defaults are left
+    to the constructor). An integral float becomes an int: YAML reads ``buffer_size=1e5`` as one.
+    """
+    params = inspect.signature(algo_cls.__init__).parameters
+    checked = dict(hyperparams)
+    for key, value in hyperparams.items():
+        default = params[key].default if key in params else None
+        kind = _OUR_TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float)) else None)
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{key} expects true or false, got {value!r}")
+        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key} expects {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{key} expects an integer, got {value!r}")
+            checked[key] = int(value)
+        if key in ("n_timesteps", "n_envs") and value < 1:
+            raise ValueError(f"{key} must be positive, got {value!r}")
+    return checked
 
 
 def parse_hyperparams(pairs: list[str] | None) -> dict[str, Any]:
     """``["key=value", ...]`` from a command line; values are read as YAML (numbers, lists, mappings)."""
-    return {key: _read_value(value) for key, value in parse_overrides(pairs).items()}
+    return {key: _read_value(key, value) for key, value in parse_overrides(pairs).items()}
 
 
-def _read_value(text: str) -> Any:
+def _read_value(key: str, text: str) -> Any:
     """YAML value, except that ``1e-3`` is a float (YAML 1.1 reads it as a string)."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        # The parser's own message spans lines and points at a column; its gist is enough.
+        raise ValueError(f"{key}={text!r} is not a YAML value ({getattr(err, 'problem', None) or err})") from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -118,6 +152,8 @@ def vecnormalize_kwargs(hyperparams: dict[str, Any]) -> dict[str, Any] | None:
     normalize = hyperparams.get("normalize", True)
     if normalize is False:
         return None
+    if normalize is not True and not isinstance(normalize, dict):
+        raise ValueError(f"normalize must be true, false or a mapping of VecNormalize options, got {normalize!r}")
     kwargs = {"norm_obs": True, "norm_reward": False}
     if isinstance(normalize, dict):
         valid = set(inspect.signature(VecNormalize.__init__).parameters) - {"self", "venv"}

@@ -10,14 +10,19 @@
     checkpoints/           rl_model_<N>_steps.zip, rl_model_vecnormalize_<N>_steps.pkl, ...
     monitor/               <rank>.monitor.csv per environment copy
     tb_1/                  TensorBoard event files
+    .lock                  held by the process training into the folder (:func:`run_lock`)
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,10 @@ from stable_baselines3.common.save_util import load_from_zip_file
 CHECKPOINT_PREFIX = "rl_model"
 TB_LOG_NAME = "tb"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)_steps\.zip$")
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be trained into or resumed: another process holds it, or no snapshot reads back."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,10 @@ class RunLayout:
     def monitor(self) -> Path:
         return self.root / "monitor"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
     def read_config(self) -> dict[str, Any]:
         """The run's ``config.json``."""
         return json.loads(self.config.read_text())
@@ -90,39 +103,98 @@ def run_dir_of(path: str | Path) -> Path:
 
 
 def snapshot_of(model_path: Path) -> Snapshot:
-    """The snapshot a model file belongs to: ``model.zip`` or ``checkpoints/rl_model_<N>_steps.zip``."""
+    """The snapshot a model file belongs to: ``model.zip`` or ``checkpoints/rl_model_<N>_steps.zip``.
+
+    Raises ``ValueError`` when the file does not read back (training was killed while writing it).
+    """
+    try:
+        data, _, _ = load_from_zip_file(model_path, load_data=True, device="cpu")
+    except Exception as err:  # a cut-off zip fails in many ways: BadZipFile, zlib.error, EOFError, torch.load
+        raise ValueError(f"cannot read {model_path}: {err}") from err
+    if not data or "num_timesteps" not in data:
+        raise ValueError(f"{model_path} holds no model data")
     match = _CHECKPOINT_RE.match(model_path.name)
     if match:
-        steps = int(match.group(1))
-        vecnormalize = model_path.with_name(f"{CHECKPOINT_PREFIX}_vecnormalize_{steps}_steps.pkl")
-        replay_buffer = model_path.with_name(f"{CHECKPOINT_PREFIX}_replay_buffer_{steps}_steps.pkl")
+        vecnormalize = model_path.with_name(f"{CHECKPOINT_PREFIX}_vecnormalize_{match.group(1)}_steps.pkl")
+        replay_buffer = model_path.with_name(f"{CHECKPOINT_PREFIX}_replay_buffer_{match.group(1)}_steps.pkl")
     else:
-        data, _, _ = load_from_zip_file(model_path, load_data=True, device="cpu")
-        steps = int(data["num_timesteps"])
         vecnormalize = model_path.with_name("vecnormalize.pkl")
         replay_buffer = model_path.with_name("replay_buffer.pkl")
     return Snapshot(
-        num_timesteps=steps,
+        num_timesteps=int(data["num_timesteps"]),
         model=model_path,
         vecnormalize=vecnormalize if vecnormalize.exists() else None,
         replay_buffer=replay_buffer if replay_buffer.exists() else None,
     )
 
 
-def latest_snapshot(layout: RunLayout, normalized: bool) -> Snapshot | None:
-    """The snapshot with the most training steps (``model.zip`` wins a tie), or ``None``.
+def _resumable(model_path: Path, normalized: bool) -> Snapshot:
+    """:func:`snapshot_of`, also checking that its VecNormalize statistics read back when ``normalized``."""
+    snapshot = snapshot_of(model_path)
+    if not normalized:
+        return snapshot
+    if snapshot.vecnormalize is None:
+        raise ValueError(f"the VecNormalize statistics of {model_path} are missing")
+    try:
+        with snapshot.vecnormalize.open("rb") as handle:
+            pickle.load(handle)
+    except Exception as err:  # a cut-off pickle: EOFError, UnpicklingError, ...
+        raise ValueError(f"cannot read {snapshot.vecnormalize}: {err}") from err
+    return snapshot
 
-    A checkpoint whose VecNormalize statistics are missing (training stopped between the two
-    writes) is skipped when ``normalized``: its observations would be scaled wrongly.
+
+def latest_snapshot(layout: RunLayout, normalized: bool) -> Snapshot | None:
+    """The snapshot with the most training steps (``model.zip`` wins a tie), or ``None`` when there is none.
+
+    A snapshot that does not read back (training killed while writing it) is skipped with a
+    warning, and so, when ``normalized``, is one whose VecNormalize statistics are missing or
+    unreadable: its observations would be scaled wrongly. :class:`RunError` when all are skipped.
     """
-    candidates = [snapshot_of(p) for p in layout.checkpoints.glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")
-                  if _CHECKPOINT_RE.match(p.name)]
+    skipped: list[str] = []
+    best: Snapshot | None = None
     if layout.model.exists():
-        candidates.append(snapshot_of(layout.model))
-    complete = [s for s in candidates if s.vecnormalize is not None or not normalized]
-    if not complete:
-        return None
-    return max(complete, key=lambda s: (s.num_timesteps, s.model == layout.model))
+        try:
+            best = _resumable(layout.model, normalized)
+        except ValueError as err:
+            skipped.append(str(err))
+    # Newest first, by the step count in the name; reading stops at the first good one.
+    checkpoints = sorted(
+        ((int(match.group(1)), path) for path in layout.checkpoints.glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")
+         if (match := _CHECKPOINT_RE.match(path.name))),
+        reverse=True,
+    )
+    for steps, path in checkpoints:
+        if best is not None and steps <= best.num_timesteps:
+            break
+        try:
+            best = _resumable(path, normalized)
+            break
+        except ValueError as err:
+            skipped.append(str(err))
+    for reason in skipped:
+        warnings.warn(f"skipping a snapshot of {layout.root}: {reason}", stacklevel=2)
+    if best is None and skipped:
+        raise RunError(f"no snapshot of {layout.root} reads back ({'; '.join(skipped)}); "
+                       f"delete {layout.model.name} and {layout.checkpoints.name}/ to train it from the start")
+    return best
+
+
+@contextmanager
+def run_lock(layout: RunLayout) -> Iterator[None]:
+    """Hold ``<run>/.lock`` while training: two processes would interleave the monitor CSV, events and model.
+
+    Creates the run folder. Raises :class:`RunError` at once, without waiting, when another process holds it.
+    """
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"another process is training into {layout.root}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_atomically(path: Path, write: Callable[[Path], Any]) -> None:

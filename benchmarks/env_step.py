@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from unlearn_env import siss
-from unlearn_env.config import PRESETS, get_config, parse_overrides
+from unlearn_env.config import PRESETS, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.pretrain import load_base_unet
 
-from timing import json_target, positive_int, time_block
+from timing import json_target, time_block
 
 
 class PlainLoop:

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearn_env.config import PRESETS, get_config, parse_overrides
+from unlearn_env.config import PRESETS, get_config, parse_overrides, positive_int
 from unlearn_env.env import UnlearningEnv
 
-from timing import json_target, positive_int, time_block
+from timing import json_target, time_block
 
 OPTION_FIELDS: dict[str, dict[str, Any]] = {
     "fp32": {},

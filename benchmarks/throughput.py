@@ -48,14 +48,14 @@ import numpy as np
 import torch
 
 from unlearn_env import siss
-from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
+from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, build_unet, noise_coefficients
 from unlearn_env.env import UnlearningEnv, retain_pool
 from unlearn_env.pretrain import BASE_FILE, base_model_dir, load_base_unet
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
-from timing import json_target, positive_int, positive_int_list, time_block
+from timing import json_target, positive_int_list, time_block
 
 METHODS: tuple[str, ...] = ("batched-vmap", "batched-loop", "sync", "plain")
 FOREVER = 10**9

@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from unlearn_env.config import positive_int
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work so that wall-clock times are honest."""
@@ -25,17 +27,6 @@ def time_block(step: Callable[[], None], count: int, device: torch.device, min_s
         calls += 1
     synchronize(device)
     return (time.perf_counter() - started) / calls
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def positive_int_list(text: str) -> list[int]:

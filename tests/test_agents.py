@@ -54,6 +54,25 @@ def test_unknown_hyperparameter_is_an_error_naming_the_valid_ones() -> None:
         load_hyperparams("sac", "gpu")
 
 
+def test_hyperparameter_values_of_the_wrong_kind_are_errors() -> None:
+    with pytest.raises(ValueError, match="normalize must be true, false or a mapping"):
+        load_hyperparams("ppo", "test", parse_hyperparams(["normalize=maybe"]))  # not read as true
+    with pytest.raises(ValueError, match="normalize must be true, false or a mapping"):
+        vecnormalize_kwargs({"normalize": 1})
+    assert vecnormalize_kwargs(load_hyperparams("ppo", "test", parse_hyperparams(["normalize=false"]))) is None
+    for override, message in [("gamma=abc", "gamma expects a number, got 'abc'"),
+                              ("n_steps=2.5", "n_steps expects an integer, got 2.5"),
+                              ("normalize_advantage=maybe", "normalize_advantage expects true or false"),
+                              ("n_timesteps=-5", "n_timesteps must be positive")]:
+        with pytest.raises(ValueError, match=message):
+            load_hyperparams("ppo", "test", parse_hyperparams([override]))
+    with pytest.raises(ValueError, match=r"policy_kwargs='\{net_arch: \[8' is not a YAML value"):
+        parse_hyperparams(["policy_kwargs={net_arch: [8"])
+    # YAML reads 1e5 as a float; an "auto" default leaves the value's kind to the constructor.
+    sac = load_hyperparams("sac", "test", parse_hyperparams(["buffer_size=1e5", "ent_coef=0.1"]))
+    assert sac["buffer_size"] == 100_000 and isinstance(sac["buffer_size"], int) and sac["ent_coef"] == 0.1
+
+
 def test_hyperparams_from_the_command_line_and_noise_and_entropy_settings() -> None:
     overrides = parse_hyperparams(["learning_rate=1e-3", "ent_coef=auto_0.2", "noise_std=0.3",
                                    "policy_kwargs={net_arch: [8], activation_fn: relu}"])

@@ -17,6 +17,7 @@ Presets:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -325,6 +326,17 @@ def get_config(preset: str = "cpu", **overrides: Any) -> ExperimentConfig:
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[preset]().with_overrides(**overrides)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (step counts, copies, rounds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
