@@ -9,7 +9,8 @@ method) and scored with the metrics of SPEC §6. Methods (``--methods``, comma-s
     base              the base model itself, no episode
     static:LAMBDA     constant λ (baselines.static), e.g. static:0.5
     vi[:K=V:K=V]      adaptive λ by variational inference (baselines.vi), e.g. vi:beta=0.1:hidden=64
-    ALGO:PATH         a policy from train_policy.py, ALGO in agents.ALGOS: model.zip or its run folder
+    ALGO:PATH         a policy from train_policy.py, ALGO in agents.ALGOS: model.zip (or a checkpoint) or
+                      its run folder, which stands for the run's latest snapshot when evaluate.py starts
 
 Writes to ``--out``:
 
@@ -19,17 +20,20 @@ Writes to ``--out``:
     plots/*.png              λ trajectories, metrics against the unlearning step, intervals, sample grids
     samples/<method>_seed<k>.npz   the scored samples: images uint8 (N, 28, 28), labels (N,)
     runs/<method>_seed<k>.json     everything about one run; its presence marks the run as done
-    settings.json            what the runs depend on; a rerun with other settings is refused
+    settings.json            what the runs depend on; once runs are done, a rerun with other settings is refused
     cache/base_seed<k>.pt    the base model's samples of seed k (SSIM reference, the ``base`` method)
 
 Rerunning with the same ``--out`` skips finished runs and retries failed ones; a run that
-raises is recorded as failed and the others go on. The exit status is 1 if any run failed.
+raises is recorded as failed and the others go on. A finished RL run is redone when its spec
+now resolves to another model file (by SHA-256), e.g. after ``train_policy.py --resume``.
+The exit status is 1 if any run failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -42,7 +46,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -53,12 +57,15 @@ from baselines.vi import VIConfig, run_vi_episode
 from unlearn_env import report
 from unlearn_env.cache import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
-from unlearn_env.data import to_uint8
+from unlearn_env.data import DataError, to_uint8
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.episode import EpisodeLog, run_episode
 from unlearn_env.judge import JudgeNet, ensure_judge
 from unlearn_env.metrics import JudgeFeatures, RealReference, fid_kid, sample_per_label, score_samples, trouser_stats
 from unlearn_env.pretrain import load_base_unet
+
+if TYPE_CHECKING:
+    from agents import LambdaPolicy
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,10 @@ class Method:
     vi: VIConfig = field(default_factory=VIConfig)
     algo: str = ""
     path: Path = Path()
+    model: Path | None = None
+    """The model file an RL method loads: ``path``, or the latest snapshot of the run folder ``path``."""
+    policy_sha256: str = ""
+    """``model``'s SHA-256 when the command started; every seed evaluates this file."""
 
 
 class MethodError(ValueError):
@@ -177,16 +188,34 @@ def parse_method(spec: str, cfg: ExperimentConfig, algos: typing.Collection[str]
             if not arg or not path.exists():
                 raise FileNotFoundError(f"{arg!r} does not exist")
             trained = json.loads((run_dir_of(path) / "config.json").read_text())
-        except (OSError, ValueError) as err:
+            model = _policy_model(path, trained) if path.is_dir() else path
+            sha256 = file_sha256(model)
+        except (OSError, KeyError, ValueError, RuntimeError) as err:  # RuntimeError: no snapshot reads back
             raise MethodError(f"{spec!r}: {kind} needs a model.zip or run folder written by train_policy.py ({err})"
                               ) from None
         if trained.get("algo") != kind:
             raise MethodError(f"{spec!r}: that run trained {trained.get('algo')!r}, not {kind!r}")
         if trained.get("env_config", {}).get("unlearn") != json.loads(json.dumps(cfg.to_dict()["unlearn"])):
             warnings.warn(f"{spec!r} was trained with other unlearning settings than evaluated here", stacklevel=2)
-        return Method(spec, "rl", kind, algo=kind, path=path)
+        return Method(spec, "rl", kind, algo=kind, path=path, model=model, policy_sha256=sha256)
     raise MethodError(f"unknown method {spec!r}: use base, static:LAMBDA, vi[:K=V...] or ALGO:PATH with ALGO in "
                       f"{sorted(algos)}")
+
+
+def _policy_model(run_dir: Path, trained: dict[str, Any]) -> Path:
+    """The snapshot ``load_lambda_policy`` would load from ``run_dir``, resolved once so every seed gets the same."""
+    from agents.hyperparams import vecnormalize_kwargs
+    from agents.runs import RunLayout, latest_snapshot
+
+    snapshot = latest_snapshot(RunLayout(run_dir), normalized=vecnormalize_kwargs(trained["hyperparams"]) is not None)
+    if snapshot is None:
+        raise FileNotFoundError(f"{run_dir} holds no saved model yet (model.zip or checkpoints/)")
+    return snapshot.model
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (policy files are a few MB at most)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def parse_methods(text: str, cfg: ExperimentConfig) -> list[Method]:
@@ -288,7 +317,7 @@ class Bench:
     """The judge's features, those of the real images computed once (``RealReference.feature_extractor``)."""
     base_unet: torch.nn.Module
     cache_dir: Path
-    policies: dict[str, Callable[[np.ndarray], float]] = field(default_factory=dict)
+    policies: dict[str, LambdaPolicy] = field(default_factory=dict)
     base_probes: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def sample(
@@ -316,11 +345,18 @@ class Bench:
         fid_retain = fid_kid(self.real.retain_digits, samples[~forget], self.features, kid_subsets=1, seed=seed)[0]
         return {"trouser_rate": trouser_stats(samples[forget], self.judge)[0], "fid_retain": fid_retain}
 
-    def policy(self, method: Method) -> Callable[[np.ndarray], float]:
+    def policy(self, method: Method) -> LambdaPolicy:
+        """``method.model``, loaded once; refused if it no longer is the file hashed at the start."""
         if method.name not in self.policies:
             from agents import load_lambda_policy
 
-            self.policies[method.name] = load_lambda_policy(method.path, device="cpu")
+            assert method.model is not None, "only RL methods have a policy"
+            policy = load_lambda_policy(method.model, device="cpu")
+            # Hashed after loading: if it still matches, the file loaded is the one the records name.
+            if file_sha256(method.model) != method.policy_sha256:
+                raise RuntimeError(f"{method.model} changed after evaluate.py started (is training still running?): "
+                                   "rerun to evaluate the new snapshot")
+            self.policies[method.name] = policy
         return self.policies[method.name]
 
     def episode(self, method: Method, seed: int) -> tuple[EpisodeLog, list[dict[str, float]], float]:
@@ -343,11 +379,13 @@ class Bench:
     def run(self, method: Method, seed: int) -> tuple[report.RunRecord, np.ndarray, np.ndarray]:
         """One run: the episode (none for ``base``), then sampling and scoring; returns its record and uint8 samples."""
         start = time.perf_counter()
-        record = report.RunRecord(method=method.name, spec=method.spec, seed=seed, status="ok")
+        record = new_record(method, seed, "ok")
         base_samples, labels = self.base_samples(seed)
         if method.kind == "base":
             samples = base_samples
         else:
+            if method.kind == "rl":
+                record.policy_timesteps = self.policy(method).model.num_timesteps
             log, record.curve, probe_seconds = self.episode(method, seed)
             record.episode_return, record.diverged = log.episode_return, log.diverged
             record.lambdas, record.steps = log.lambdas, log.steps
@@ -361,21 +399,40 @@ class Bench:
         return record, to_uint8(samples), labels.numpy()
 
 
+def new_record(method: Method, seed: int, status: report.RunStatus, **fields: Any) -> report.RunRecord:
+    """A record of ``method`` and ``seed``, with the identity of its policy file (RL methods)."""
+    return report.RunRecord(method=method.name, spec=method.spec, seed=seed, status=status,
+                            policy_model=str(method.model or ""), policy_sha256=method.policy_sha256, **fields)
+
+
 def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """``np.savez_compressed`` through a temporary file, so a reader never sees half an archive."""
     atomic_write(path, lambda handle: np.savez_compressed(handle, images=images, labels=labels))
 
 
-def check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix runs of different settings in one folder; write the settings on first use."""
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            differ = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise SystemExit(f"{path.parent} holds runs made with other settings ({', '.join(differ)}): "
-                             "use another --out, or delete the folder")
-    else:
-        atomic_write_json(settings, path)
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix runs of different settings in ``out``; (re)write ``settings.json`` while it holds no run."""
+    path = out / "settings.json"
+    previous = json.loads(path.read_text()) if path.exists() else None
+    if previous == settings:
+        return
+    if previous is not None:
+        if any((out / "runs").glob("*.json")):
+            raise SystemExit(f"{out} holds runs made with other settings (this command's != the folder's: "
+                             f"{'; '.join(_differences(settings, previous))}): use another --out, or delete the folder")
+        # No run finished with the old settings (the env could not be built, or Ctrl-C during the first
+        # run), but that first run may have cached base samples made with them.
+        for stale in (out / "cache").glob("base_seed*.pt"):
+            stale.unlink()
+    atomic_write_json(settings, path)
+
+
+def _differences(new: Any, old: Any, key: str = "") -> list[str]:
+    """``key: new != old`` for every leaf of two JSON values that differs; keys are dotted paths."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return [line for k in sorted(new.keys() | old.keys())
+                for line in _differences(new.get(k), old.get(k), f"{key}.{k}" if key else k)]
+    return [] if new == old else [f"{key}: {json.dumps(new)} != {json.dumps(old)}"]
 
 
 def write_outputs(out: Path, records: list[report.RunRecord], methods: list[Method], settings: dict[str, Any],
@@ -386,8 +443,10 @@ def write_outputs(out: Path, records: list[report.RunRecord], methods: list[Meth
     report.write_csv(report.SUMMARY_COLUMNS, summary, out / "summary.csv")
     plots_dir = out / "plots"
     plots_dir.mkdir(exist_ok=True)
-    plots = {"IQM and 95 % CIs": "plots/intervals.png"}
-    report.plot_intervals(summary, names, out / plots["IQM and 95 % CIs"])
+    plots: dict[str, str] = {}
+    if summary:  # empty when every run failed
+        plots["IQM and 95 % CIs"] = "plots/intervals.png"
+        report.plot_intervals(summary, names, out / plots["IQM and 95 % CIs"])
     if any(r.lambdas for r in records):
         plots["λ trajectories"] = "plots/lambda_trajectories.png"
         report.plot_lambda_trajectories(records, names, out / plots["λ trajectories"])
@@ -423,14 +482,18 @@ def main(argv: list[str] | None = None) -> int:
         **{k: getattr(args, k) for k in ("samples_per_label", "ddim_steps", "eval_every", "probe_samples_per_label",
                                          "probe_ddim_steps")},
     }))
-    check_settings(out / "settings.json", settings)
+    check_settings(out, settings)
 
     # 2. What every run shares, built once: reset() restores the base model exactly between runs.
-    env = UnlearningEnv(config=cfg)
-    judge = ensure_judge(cfg, env.device)
-    real = RealReference.build(cfg.data)
+    try:
+        env = UnlearningEnv(config=cfg)
+        judge = ensure_judge(cfg, env.device)
+        real = RealReference.build(cfg.data)
+        base_unet = load_base_unet(cfg, env.device)
+    except DataError as err:  # a missing or malformed data folder: the message says which and where
+        raise SystemExit(f"error: {err}") from None
     bench = Bench(args=args, env=env, judge=judge, real=real, features=real.feature_extractor(JudgeFeatures(judge)),
-                  base_unet=load_base_unet(cfg, env.device), cache_dir=out / "cache")
+                  base_unet=base_unet, cache_dir=out / "cache")
 
     # 3. Runs, seed by seed so that a seed's base samples are used while fresh; results.csv after each.
     runs = [(method, seed) for seed in range(args.seeds) for method in methods]
@@ -442,9 +505,13 @@ def main(argv: list[str] | None = None) -> int:
         if path.exists() and samples_path.exists():
             previous = report.RunRecord.load(path)
             if previous.status == "ok" and previous.spec == method.spec:
-                records[(method.name, seed)] = previous
-                tqdm.write(f"skip {method.name} seed {seed}: done in an earlier run")
-                continue
+                if previous.policy_sha256 == method.policy_sha256:
+                    records[(method.name, seed)] = previous
+                    tqdm.write(f"skip {method.name} seed {seed}: done in an earlier run")
+                    continue
+                # Records older than the policy hash have none: rerun them too.
+                tqdm.write(f"rerun {method.name} seed {seed}: the policy changed since the earlier run "
+                           f"(SHA-256 {previous.policy_sha256[:12] or 'unknown'} -> {method.policy_sha256[:12]})")
         bar.set_postfix_str(f"{method.name} seed {seed}")
         try:
             record, images, labels = bench.run(method, seed)
@@ -453,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"{method.name} seed {seed}: trouser rate {m['trouser_rate']:.3f}, "
                        f"FID retain {m['fid_retain']:.2f}, SSIM {m['ssim_retain']:.3f} ({record.wall_seconds:.0f} s)")
         except Exception as err:  # noqa: BLE001 - a failed run is recorded and the others go on
-            record = report.RunRecord(method=method.name, spec=method.spec, seed=seed, status="failed",
-                                      error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+            record = new_record(method, seed, "failed", error=f"{type(err).__name__}: {err}",
+                                traceback=traceback.format_exc())
             tqdm.write(f"{method.name} seed {seed} FAILED: {record.error}")
         records[(method.name, seed)] = record
         atomic_write_text(record.to_json(), path)

@@ -1,8 +1,10 @@
-"""evaluate.py end to end on the test preset: every output file, resuming, failed runs, method specs."""
+"""evaluate.py end to end on the test preset: every output file, resuming, failed runs, method specs, settings."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import evaluate
 import train_policy
 from unlearn_env.config import get_config
+from unlearn_env.report import RunRecord
 
 SEEDS = 2
 PER_LABEL = 2
@@ -28,21 +31,36 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def train(out: Path, timesteps: int, *extra: str) -> Path:
+    """Train (or with ``--resume`` continue) the PPO run ``out/ppo/test_0``; returns its folder."""
+    return train_policy.main(["--algo", "ppo", "--preset", "test", "--total-timesteps", str(timesteps), "--seed", "0",
+                              "--out", str(out), "--no-progress-bar", *extra])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="module")
 def policy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PPO run folder trained for a handful of steps."""
-    out = tmp_path_factory.mktemp("policies")
-    return train_policy.main(["--algo", "ppo", "--preset", "test", "--total-timesteps", "32", "--seed", "0",
-                              "--out", str(out), "--no-progress-bar"])
+    """A PPO run folder trained for a handful of steps (one rollout of 32)."""
+    return train(tmp_path_factory.mktemp("policies"), 32)
 
 
-def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(tmp_path, policy_run, capsys) -> None:
-    # A run folder whose model.zip is garbage: the spec is valid, loading fails at run time.
+@pytest.fixture
+def broken_model(tmp_path, policy_run) -> Path:
+    """The model.zip of a copy of ``policy_run``, garbage: the spec is valid, loading fails at run time."""
     broken = tmp_path / "broken"
     shutil.copytree(policy_run, broken)
     (broken / "model.zip").write_bytes(b"this is not a zip archive")
+    return broken / "model.zip"
+
+
+def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(
+    tmp_path, policy_run, broken_model, capsys
+) -> None:
     out = tmp_path / "eval"
-    methods = f"base,static:0.5,vi,ppo:{policy_run / 'model.zip'},ppo:{broken}"
+    methods = f"base,static:0.5,vi,ppo:{policy_run / 'model.zip'},ppo:{broken_model}"
     argv = [*FAST, "--methods", methods, "--out", str(out)]
 
     assert evaluate.main(argv) == 1  # one method failed
@@ -84,7 +102,7 @@ def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(tmp_path
 
     # Rerun after repairing the policy: finished runs are skipped, the failed ones retried.
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json") if "broken" not in p.name}
-    shutil.copy(policy_run / "model.zip", broken / "model.zip")
+    shutil.copy(policy_run / "model.zip", broken_model)
     capsys.readouterr()
     assert evaluate.main(argv) == 0
     log = capsys.readouterr().out
@@ -93,8 +111,63 @@ def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(tmp_path
     assert all(r["status"] == "ok" for r in read_csv(out / "results.csv"))
 
     # Other settings in the same folder would mix incomparable runs.
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(SystemExit, match="other settings .*samples_per_label: 3 != 2"):
         evaluate.main([*argv, "--samples-per-label", "3"])
+
+
+def test_a_policy_trained_further_is_evaluated_again(tmp_path, policy_run, capsys) -> None:
+    run = tmp_path / "ppo" / "test_0"
+    shutil.copytree(policy_run, run)
+    out = tmp_path / "eval"
+    argv = [*FAST, "--seeds", "1", "--methods", f"base,ppo:{run}", "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    first = RunRecord.load(out / "runs" / "ppo_seed0.json")
+    assert first.policy_model == str(run / "model.zip") and first.policy_sha256 == sha256(run / "model.zip")
+    assert first.policy_timesteps == 32
+    base_written = (out / "runs" / "base_seed0.json").stat().st_mtime_ns
+
+    train(tmp_path, 64, "--resume")
+    capsys.readouterr()
+    assert evaluate.main(argv) == 0
+    log = capsys.readouterr().out
+    assert "skip base seed 0" in log and "rerun ppo seed 0: the policy changed" in log
+    assert (out / "runs" / "base_seed0.json").stat().st_mtime_ns == base_written
+    second = RunRecord.load(out / "runs" / "ppo_seed0.json")
+    assert second.policy_sha256 == sha256(run / "model.zip") != first.policy_sha256
+    assert second.policy_timesteps == 64
+    assert "64 training steps" in (out / "report.md").read_text()
+    assert {r["policy_timesteps"] for r in read_csv(out / "results.csv") if r["method"] == "ppo"} == {"64"}
+
+    # A record written before policies were hashed cannot tell which one it evaluated: redone.
+    legacy = json.loads((out / "runs" / "ppo_seed0.json").read_text())
+    for key in ("policy_model", "policy_sha256", "policy_timesteps"):
+        del legacy[key]
+    (out / "runs" / "ppo_seed0.json").write_text(json.dumps(legacy))
+    capsys.readouterr()
+    assert evaluate.main(argv) == 0
+    assert "rerun ppo seed 0: the policy changed since the earlier run (SHA-256 unknown" in capsys.readouterr().out
+
+
+def test_every_run_failing_still_writes_the_report(tmp_path, broken_model, capsys) -> None:
+    out = tmp_path / "eval"
+    assert evaluate.main([*FAST, "--seeds", "1", "--methods", f"ppo:{broken_model}", "--out", str(out)]) == 1
+    assert "(1 failed run(s): rerun to retry)" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert "No run succeeded" in report and "`ppo` seed 0: ValueError" in report and "## Plots" not in report
+    assert not list((out / "plots").iterdir())
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["failed"]
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path) -> None:
+    out = tmp_path / "eval"
+    argv = [*FAST, "--seeds", "1", "--methods", "base", "--out", str(out)]
+    # A missing data folder: one line naming it, no traceback; the settings are not yet final.
+    with pytest.raises(SystemExit, match=r"^error: data folder /nonexistent does not exist"):
+        evaluate.main([*argv, "--env-kwargs", "fashion_dir=/nonexistent"])
+    assert evaluate.main(argv) == 0
+    # Now a run is done: other settings are refused, naming each field that differs.
+    with pytest.raises(SystemExit, match=r"other settings .*: config\.unlearn\.horizon: 5 != 8\)"):
+        evaluate.main([*argv, "--env-kwargs", "horizon=5"])
 
 
 @pytest.mark.parametrize(
@@ -112,6 +185,19 @@ def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(tmp_path
 def test_bad_method_specs_fail_before_any_run(spec, message) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate.parse_methods(spec, get_config("test"))
+
+
+@pytest.mark.filterwarnings("ignore:skipping a snapshot")  # the garbage model.zip, before the error
+def test_a_run_folder_must_hold_a_readable_model(tmp_path, policy_run, broken_model) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(policy_run / "config.json", empty)
+    with pytest.raises(ValueError, match="holds no saved model yet"):
+        evaluate.parse_methods(f"ppo:{empty}", get_config("test"))
+    # A folder is resolved to its snapshot when the command starts; a file is only loaded by its runs.
+    with pytest.raises(ValueError, match="wasn't a zip-file"):
+        evaluate.parse_methods(f"ppo:{broken_model.parent}", get_config("test"))
+    assert evaluate.parse_methods(f"ppo:{broken_model}", get_config("test"))[0].model == broken_model
 
 
 def test_method_names(policy_run) -> None:

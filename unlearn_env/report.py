@@ -49,6 +49,12 @@ class RunRecord:
     """The ``--methods`` entry it came from, e.g. ``static:0.5``."""
     seed: int
     status: RunStatus
+    policy_model: str = ""
+    """The model file an RL method loaded (a run folder's latest snapshot); empty for the other methods."""
+    policy_sha256: str = ""
+    """That file's SHA-256: a finished run is redone when the spec resolves to another file (training went on)."""
+    policy_timesteps: int | None = None
+    """The training steps of that model."""
     metrics: dict[str, float] = field(default_factory=dict)
     episode_return: float | None = None
     """``None`` for the base model, which runs no episode."""
@@ -85,7 +91,7 @@ FIRST_METRICS: tuple[str, ...] = (
 )
 """Metric columns in the order of SPEC §6; per-class accuracies follow."""
 RUN_COLUMNS: tuple[str, ...] = ("episode_return", "lambda_mean", "diverged", "wall_seconds", "episode_seconds",
-                                "eval_seconds")
+                                "eval_seconds", "policy_timesteps", "policy_sha256")
 
 
 def metric_names(records: Sequence[RunRecord]) -> list[str]:
@@ -114,6 +120,8 @@ def result_rows(records: Sequence[RunRecord]) -> tuple[list[str], list[dict[str,
             wall_seconds=round(r.wall_seconds, 2),
             episode_seconds=round(r.episode_seconds, 2),
             eval_seconds=round(r.eval_seconds, 2),
+            policy_timesteps=r.policy_timesteps,
+            policy_sha256=r.policy_sha256,
             error=r.error,
         )
         rows.append(row)
@@ -382,6 +390,7 @@ def write_report(
     n_seeds = len(seeds)
     cut = int(0.25 * n_seeds)
     failed = [r for r in records if r.status == "failed"]
+    policies = {r.method: r for r in records if r.status == "ok" and r.policy_model}
     data = settings["config"]["data"]
     lines = [
         "# Unlearning benchmark: base model, static λ, VI and RL λ-schedules",
@@ -399,6 +408,7 @@ def write_report(
         " FID, KID and IS use the project's judge classifier (digits + trousers), not Inception-v3: they compare "
         "methods here, not with numbers from the literature.",
         "",
+        *([] if summary else ["**No run succeeded**: the tables are empty; the failed runs are listed below.", ""]),
         f"## Forget side: samples of label {data['forget_class']}",
         "",
         "Trouser rate: share judged trousers (unlearning efficacy). FID/KID to ones: distance to real clean "
@@ -424,17 +434,23 @@ def write_report(
         lines += ["## Failed runs", "", "Rerun the same command to retry them.", ""]
         lines += [f"- `{r.method}` seed {r.seed}: {r.error}" for r in failed]
         lines.append("")
-    lines += ["## Plots", ""]
-    if settings.get("eval_every"):
-        lines += [
-            f"Metrics against the unlearning step: trouser rate and retain FID are scored every "
-            f"{settings['eval_every']} steps on a small sample ({settings['probe_samples_per_label']} per label, "
-            f"{settings['probe_ddim_steps']} DDIM steps), so their level differs from the tables' (FID grows as "
-            "the sample shrinks); step 0 is the base model. L_r and L_f are the environment's per-step minibatch "
-            "losses. Lines: mean over seeds; bands: min to max.",
-            "",
-        ]
-    lines += [f"### {caption}\n\n![{caption}]({image})\n" for caption, image in plots.items()]
+    if policies:
+        lines += ["## Policies", "", "The snapshot each RL method evaluated (a run folder stands for its latest).", ""]
+        lines += [f"- `{r.method}`: `{r.policy_model}`, {r.policy_timesteps:,} training steps, SHA-256 "
+                  f"`{r.policy_sha256[:12]}`" for r in policies.values()]
+        lines.append("")
+    if plots:  # none when no run succeeded
+        lines += ["## Plots", ""]
+        if settings.get("eval_every"):
+            lines += [
+                f"Metrics against the unlearning step: trouser rate and retain FID are scored every "
+                f"{settings['eval_every']} steps on a small sample ({settings['probe_samples_per_label']} per "
+                f"label, {settings['probe_ddim_steps']} DDIM steps), so their level differs from the tables' (FID "
+                "grows as the sample shrinks); step 0 is the base model. L_r and L_f are the environment's per-step "
+                "minibatch losses. Lines: mean over seeds; bands: min to max.",
+                "",
+            ]
+        lines += [f"### {caption}\n\n![{caption}]({image})\n" for caption, image in plots.items()]
     lines += [
         "## Command",
         "",
