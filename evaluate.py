@@ -181,6 +181,7 @@ def parse_method(spec: str, cfg: ExperimentConfig, algos: typing.Collection[str]
         suffix = "_".join(f"{k}{v}" for k, v in dataclasses.asdict(vi).items() if v != getattr(VIConfig(), k))
         return Method(spec, "vi", f"vi_{suffix}" if suffix else "vi", vi=vi)
     if kind in algos:
+        from agents.policy import policy_snapshot
         from agents.runs import run_dir_of
 
         path = Path(arg)
@@ -188,7 +189,9 @@ def parse_method(spec: str, cfg: ExperimentConfig, algos: typing.Collection[str]
             if not arg or not path.exists():
                 raise FileNotFoundError(f"{arg!r} does not exist")
             trained = json.loads((run_dir_of(path) / "config.json").read_text())
-            model = _policy_model(path, trained) if path.is_dir() else path
+            # A run folder is resolved once, so that every seed evaluates the same file; a file is
+            # taken as given (it is loaded, and any damage found, when its first run starts).
+            model = policy_snapshot(path).model if path.is_dir() else path
             sha256 = file_sha256(model)
         except (OSError, KeyError, ValueError, RuntimeError) as err:  # RuntimeError: no snapshot reads back
             raise MethodError(f"{spec!r}: {kind} needs a model.zip or run folder written by train_policy.py ({err})"
@@ -200,17 +203,6 @@ def parse_method(spec: str, cfg: ExperimentConfig, algos: typing.Collection[str]
         return Method(spec, "rl", kind, algo=kind, path=path, model=model, policy_sha256=sha256)
     raise MethodError(f"unknown method {spec!r}: use base, static:LAMBDA, vi[:K=V...] or ALGO:PATH with ALGO in "
                       f"{sorted(algos)}")
-
-
-def _policy_model(run_dir: Path, trained: dict[str, Any]) -> Path:
-    """The snapshot ``load_lambda_policy`` would load from ``run_dir``, resolved once so every seed gets the same."""
-    from agents.hyperparams import vecnormalize_kwargs
-    from agents.runs import RunLayout, latest_snapshot
-
-    snapshot = latest_snapshot(RunLayout(run_dir), normalized=vecnormalize_kwargs(trained["hyperparams"]) is not None)
-    if snapshot is None:
-        raise FileNotFoundError(f"{run_dir} holds no saved model yet (model.zip or checkpoints/)")
-    return snapshot.model
 
 
 def file_sha256(path: Path) -> str:
@@ -413,15 +405,18 @@ def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 def check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Refuse to mix runs of different settings in ``out``; (re)write ``settings.json`` while it holds no run."""
     path = out / "settings.json"
-    previous = json.loads(path.read_text()) if path.exists() else None
+    try:
+        previous = json.loads(path.read_text()) if path.exists() else None
+    except ValueError as err:
+        raise SystemExit(f"{path} is not valid JSON ({err}): repair or delete it") from None
     if previous == settings:
         return
     if previous is not None:
-        if any((out / "runs").glob("*.json")):
+        if any(report.RunRecord.load(run).status == "ok" for run in (out / "runs").glob("*.json")):
             raise SystemExit(f"{out} holds runs made with other settings (this command's != the folder's: "
                              f"{'; '.join(_differences(settings, previous))}): use another --out, or delete the folder")
-        # No run finished with the old settings (the env could not be built, or Ctrl-C during the first
-        # run), but that first run may have cached base samples made with them.
+        # No run succeeded with the old settings (the env could not be built, every run failed, or
+        # Ctrl-C during the first run), but a first run may have cached base samples made with them.
         for stale in (out / "cache").glob("base_seed*.pt"):
             stale.unlink()
     atomic_write_json(settings, path)

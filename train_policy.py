@@ -9,8 +9,8 @@ statistics, ``config.json`` (everything needed to rebuild the run), ``command.tx
 checkpoints, Monitor CSVs and TensorBoard events with the per-step lambda, losses, gradient
 norms and reward terms and the per-episode return. Ctrl-C stops training, saves, and exits
 with status 130, so that a calling script stops too. A mistake in the settings (an unknown
-key, a bad value, a missing data folder) exits with status 2 and one line, before anything
-is written: the corrected command starts the run afresh. One process trains into a folder
+key, a bad value, a missing data folder) exits with status 2 and one line, before the run's
+config.json is written: the corrected command starts the run afresh. One process trains into a folder
 at a time.
 
 ``--resume`` continues a run from its latest snapshot that reads back, with its saved
@@ -23,11 +23,12 @@ different value is refused, except in the ``runtime`` section (device, cache fol
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, ProgressBarCallback
@@ -138,12 +139,14 @@ def resumed_config(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any
     differ = [f"{key} (saved {value!r}, given {env_config[section].get(key)!r})"
               for section in SECTIONS if section != "runtime"  # where the run is computed may change
               for key, value in saved_env[section].items() if env_config[section].get(key) != value]
-    differ += [f"{key} (saved {saved_hp.get(key)!r}, given {value!r})"
-               for key, value in hyperparams.items() if key not in saved_hp or saved_hp[key] != value]
+    # A key the run left out had the constructor's default: giving that value changes nothing.
+    defaults = {name: p.default for name, p in inspect.signature(ALGOS[args.algo].__init__).parameters.items()}
+    differ += [f"{key} (saved {saved_hp.get(key, defaults.get(key))!r}, given {value!r})"
+               for key, value in hyperparams.items() if saved_hp.get(key, defaults.get(key)) != value]
     if args.n_envs is not None and args.n_envs != config["n_envs"]:
         differ.append(f"n_envs (saved {config['n_envs']}, given {args.n_envs})")
     if differ:
-        raise SystemExit(f"--resume continues {layout.root} with its saved settings; these differ: {'; '.join(differ)}")
+        raise ValueError(f"--resume continues {layout.root} with its saved settings; these differ: {'; '.join(differ)}")
     config["env_config"] = env_config
     if args.total_timesteps is not None:
         config["total_timesteps"] = args.total_timesteps
@@ -178,6 +181,11 @@ def build_model(
     return model
 
 
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 and one line: argparse's ``error`` would add the whole usage block."""
+    parser.exit(USAGE_ERROR, f"{parser.prog}: error: {message}\n")
+
+
 def _message(err: Exception) -> str:
     """An exception's message; a KeyError's ``str`` would wrap it in quotes."""
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -188,7 +196,7 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
     # 1. Settings, environments and model. A mistake in the settings ends here, in one line and
     # before config.json exists, so that the corrected command starts the run afresh.
     if not args.resume and layout.config.exists():
-        raise SystemExit(f"{layout.root} already holds a run: pass --resume to continue it")
+        usage_error(parser, f"{layout.root} already holds a run: pass --resume to continue it")
     vec_env: VecEnv | None = None
     try:
         config = resumed_config(args, layout) if args.resume else new_config(args)
@@ -204,7 +212,7 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
     except (KeyError, ValueError, DataError) as err:
         if vec_env is not None:
             vec_env.close()
-        parser.exit(USAGE_ERROR, f"{parser.prog}: error: {_message(err)}\n")
+        usage_error(parser, _message(err))
     atomic_write_json(config, layout.config)
     with layout.command.open("a") as handle:
         handle.write(shlex.join(["python", "train_policy.py", *argv]) + "\n")
@@ -227,6 +235,10 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
     interrupted = False
     if remaining <= 0:
         print(f"{layout.root} already has {model.num_timesteps} of {config['total_timesteps']} steps")
+        if snapshot is not None and snapshot.model == layout.model:
+            # Saving again would change model.zip's bytes (SB3 stores the time) and so its identity.
+            model.get_env().close()
+            return layout.root
     else:
         try:
             model.learn(remaining, callback=CallbackList(callbacks), tb_log_name=TB_LOG_NAME,
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     layout = RunLayout(args.out / args.algo / f"{args.preset}_{args.seed}")
     if args.resume and not layout.config.exists():
-        raise SystemExit(f"--resume: {layout.root} holds no run")
+        usage_error(parser, f"--resume: {layout.root} holds no run")
     try:
         with run_lock(layout):
             return train(args, layout, parser, argv)

@@ -12,6 +12,8 @@ reward as the baselines); only these wrappers sit between:
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -118,5 +120,15 @@ def make_lambda_vec_env(
         for rank in range(n_envs)
     ]
     if vec_env == "subproc":
-        return SubprocVecEnv(factories)
+        return SubprocVecEnv([partial(_in_worker, factory) for factory in factories])
     return DummyVecEnv(factories)
+
+
+def _in_worker(make_env: Callable[[], gym.Env]) -> gym.Env:
+    """Build a ``SubprocVecEnv`` worker's env, ignoring Ctrl-C there.
+
+    A terminal sends SIGINT to the whole process group: the workers must outlive it so that
+    the main process can save the model and close them in order.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env()

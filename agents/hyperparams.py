@@ -89,13 +89,26 @@ def _check_types(algo_cls: type[BaseAlgorithm], hyperparams: dict[str, Any]) -> 
     """``hyperparams`` with numbers and booleans checked; a wrong one would fail deep inside training.
 
     A key's type is that of the constructor's default (``None`` or ``"auto"`` defaults are left
-    to the constructor). An integral float becomes an int: YAML reads ``buffer_size=1e5`` as one.
+    to the constructor). YAML 1.1 reads ``1e5`` as a string and ``1.0e5`` as a float: both are
+    numbers here, and an integral one becomes an int where an int is due. ``train_freq`` may also
+    be ``[N, step]`` or ``[N, episode]``, and ``policy_kwargs`` must be a mapping.
     """
     params = inspect.signature(algo_cls.__init__).parameters
     checked = dict(hyperparams)
     for key, value in hyperparams.items():
         default = params[key].default if key in params else None
         kind = _OUR_TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float)) else None)
+        if key == "policy_kwargs" and not isinstance(value, dict):
+            raise ValueError(f"policy_kwargs expects a mapping, e.g. {{net_arch: [64, 64]}}, got {value!r}")
+        if key == "train_freq" and isinstance(value, (list, tuple)):
+            if len(value) != 2 or not isinstance(value[0], int) or value[1] not in ("step", "episode"):
+                raise ValueError(f"train_freq expects N, [N, step] or [N, episode], got {value!r}")
+            continue
+        if kind in (int, float) and isinstance(value, str):
+            try:
+                value = checked[key] = float(value)
+            except ValueError:
+                pass  # refused just below, naming the key
         if kind is bool and not isinstance(value, bool):
             raise ValueError(f"{key} expects true or false, got {value!r}")
         if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -141,6 +154,8 @@ def model_kwargs(hyperparams: dict[str, Any], action_dim: int) -> dict[str, Any]
                 raise ValueError(f"activation_fn must be one of {sorted(ACTIVATIONS)}, got {name!r}")
             policy_kwargs["activation_fn"] = ACTIVATIONS[name]
         kwargs["policy_kwargs"] = policy_kwargs
+    if isinstance(kwargs.get("train_freq"), list):  # SB3 takes (N, unit) as a tuple only
+        kwargs["train_freq"] = tuple(kwargs["train_freq"])
     if "noise_type" in hyperparams:
         sigma = float(hyperparams.get("noise_std", 0.1)) * np.ones(action_dim)
         kwargs["action_noise"] = NOISES[hyperparams["noise_type"]](mean=np.zeros(action_dim), sigma=sigma)

@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.algos import ALGOS
 from agents.hyperparams import vecnormalize_kwargs
-from agents.runs import RunLayout, latest_snapshot, run_dir_of, snapshot_of
+from agents.runs import RunLayout, Snapshot, latest_snapshot, run_dir_of, snapshot_of
 
 
 class LambdaPolicy:
@@ -46,24 +46,29 @@ class LambdaPolicy:
         return float(np.clip(lam, self.lambda_min, self.lambda_max))
 
 
+def policy_snapshot(path: str | Path) -> Snapshot:
+    """The snapshot :func:`load_lambda_policy` loads for ``path``: that file, or a run folder's latest good one."""
+    layout = RunLayout(run_dir_of(path))
+    normalized = vecnormalize_kwargs(layout.read_config()["hyperparams"]) is not None
+    if Path(path).is_dir():
+        snapshot = latest_snapshot(layout, normalized)
+        if snapshot is None:
+            raise FileNotFoundError(f"{layout.root} holds no saved model yet (model.zip or checkpoints/)")
+    else:
+        snapshot = snapshot_of(Path(path))
+    if normalized and snapshot.vecnormalize is None:
+        raise FileNotFoundError(f"the VecNormalize statistics of {snapshot.model} are missing")
+    return snapshot
+
+
 def load_lambda_policy(path: str | Path, device: str = "cpu") -> LambdaPolicy:
     """Load a policy written by ``train_policy.py``: a ``model.zip``, a checkpoint, or the run folder.
 
     For a run folder, the snapshot with the most training steps is used (``model.zip`` after
     a finished run). The algorithm and the lambda bounds come from the run's ``config.json``.
     """
-    layout = RunLayout(run_dir_of(path))
-    config = layout.read_config()
-    normalized = vecnormalize_kwargs(config["hyperparams"]) is not None
-    if Path(path).is_dir():
-        snapshot = latest_snapshot(layout, normalized)
-        if snapshot is None:
-            raise FileNotFoundError(f"{layout.root} holds no saved model yet")
-    else:
-        snapshot = snapshot_of(Path(path))
-    if normalized and snapshot.vecnormalize is None:
-        raise FileNotFoundError(f"the VecNormalize statistics of {snapshot.model} are missing")
-
+    config = RunLayout(run_dir_of(path)).read_config()
+    snapshot = policy_snapshot(path)
     model = ALGOS[config["algo"]].load(snapshot.model, device=device)
     normalizer = None
     if snapshot.vecnormalize is not None:

@@ -68,9 +68,20 @@ def test_hyperparameter_values_of_the_wrong_kind_are_errors() -> None:
             load_hyperparams("ppo", "test", parse_hyperparams([override]))
     with pytest.raises(ValueError, match=r"policy_kwargs='\{net_arch: \[8' is not a YAML value"):
         parse_hyperparams(["policy_kwargs={net_arch: [8"])
-    # YAML reads 1e5 as a float; an "auto" default leaves the value's kind to the constructor.
+    # The command line reads 1e5 as a float; an "auto" default leaves the value's kind to the constructor.
     sac = load_hyperparams("sac", "test", parse_hyperparams(["buffer_size=1e5", "ent_coef=0.1"]))
     assert sac["buffer_size"] == 100_000 and isinstance(sac["buffer_size"], int) and sac["ent_coef"] == 0.1
+    # A YAML file reads 1e5 as a string: it is a number too.
+    assert load_hyperparams("sac", "test", {"buffer_size": "1e5"})["buffer_size"] == 100_000
+    with pytest.raises(ValueError, match="policy_kwargs expects a mapping"):
+        load_hyperparams("ppo", "test", parse_hyperparams(["policy_kwargs=5"]))
+
+
+def test_train_freq_may_count_episodes() -> None:
+    sac = load_hyperparams("sac", "test", parse_hyperparams(["train_freq=[1, episode]"]))
+    assert model_kwargs(sac, action_dim=1)["train_freq"] == (1, "episode")
+    with pytest.raises(ValueError, match="train_freq expects N, \\[N, step\\] or \\[N, episode\\]"):
+        load_hyperparams("sac", "test", parse_hyperparams(["train_freq=[1, epoch]"]))
 
 
 def test_hyperparams_from_the_command_line_and_noise_and_entropy_settings() -> None:

@@ -156,6 +156,9 @@ def test_every_run_failing_still_writes_the_report(tmp_path, broken_model, capsy
     assert "No run succeeded" in report and "`ppo` seed 0: ValueError" in report and "## Plots" not in report
     assert not list((out / "plots").iterdir())
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["failed"]
+    # Only failed runs in the folder: corrected settings are not refused.
+    argv = [*FAST, "--seeds", "1", "--methods", "base", "--out", str(out), "--env-kwargs", "horizon=5"]
+    assert evaluate.main(argv) == 0
 
 
 def test_a_failed_start_does_not_block_the_corrected_command(tmp_path) -> None:

@@ -47,7 +47,9 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(events)
 
 
-def test_writes_the_run_folder_and_resume_continues_the_step_count(tmp_path: Path) -> None:
+def test_writes_the_run_folder_and_resume_continues_the_step_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--algo", "ppo", "--preset", "test", "--seed", "3", "--out", str(tmp_path), "--save-freq", "8",
             "--hyperparams", "n_steps=8", "batch_size=8", *ENV_ARGS]
     run_dir = train_policy.main([*args, "--total-timesteps", "16"])
@@ -66,8 +68,9 @@ def test_writes_the_run_folder_and_resume_continues_the_step_count(tmp_path: Pat
     assert {"reward/total", "reward/siss", "reward/smoothness", "episode/return", "episode/lambda_mean"} <= _all_tags(run_dir)
     assert [step for step, _ in scalars(run_dir, "step/lambda")] == list(range(16))
 
-    with pytest.raises(SystemExit, match="differ.*n_steps"):
+    with pytest.raises(SystemExit) as exit_info:
         train_policy.main([*args, "--hyperparams", "n_steps=16", "--resume"])
+    assert exit_info.value.code == 2 and "these differ: n_steps (saved 8, given 16)" in capsys.readouterr().err
     assert load_lambda_policy(run_dir / "checkpoints" / "rl_model_8_steps.zip").model.num_timesteps == 8
 
     # As if killed before the final save: --resume falls back to the latest checkpoint.
@@ -97,15 +100,17 @@ def test_off_policy_resume_restores_the_replay_buffer(tmp_path: Path) -> None:
     assert model.num_timesteps == 20 and model.replay_buffer.size() == 20
 
 
-def test_refuses_to_overwrite_or_resume_nothing(tmp_path: Path) -> None:
+def test_refuses_to_overwrite_or_resume_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--algo", "ppo", "--preset", "test", "--out", str(tmp_path), "--total-timesteps", "8"]
-    with pytest.raises(SystemExit, match="holds no run"):
+    with pytest.raises(SystemExit) as exit_info:
         train_policy.main([*base, "--resume"])
+    assert exit_info.value.code == 2 and "holds no run" in capsys.readouterr().err
     assert not (tmp_path / "ppo").exists()  # a mistyped --resume leaves no folder behind
     (tmp_path / "ppo" / "test_0").mkdir(parents=True)
     (tmp_path / "ppo" / "test_0" / "config.json").write_text("{}")
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(SystemExit) as exit_info:
         train_policy.main(base)
+    assert exit_info.value.code == 2 and "already holds a run: pass --resume" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("mistake", "message"), [
@@ -155,21 +160,24 @@ def test_counts_must_be_positive_integers(
     assert not (tmp_path / "ppo").exists()
 
 
-def test_resume_compares_resolved_settings_and_lets_the_runtime_change(tmp_path: Path) -> None:
+def test_resume_compares_resolved_settings_and_lets_the_runtime_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Horizon and alpha are the test preset's own (8 and 1.0), given on resume only.
     args = ["--algo", "ppo", "--preset", "test", "--out", str(tmp_path), "--no-progress-bar",
             "--hyperparams", "n_steps=8", "batch_size=8"]
     run_dir = train_policy.main([*args, "--total-timesteps", "8", "--env-kwargs", "batch_size=4"])
     same = ["--env-kwargs", "batch_size=4", "horizon=8", "alpha=1", "device=cpu",
-            "--hyperparams", "n_steps=8.0", "batch_size=8", "learning_rate=0.0003"]
+            "--hyperparams", "n_steps=8.0", "batch_size=8", "learning_rate=0.0003", "ent_coef=0.0"]
     train_policy.main([*args, "--total-timesteps", "16", "--resume", *same])
     assert trained_steps(run_dir / "model.zip") == 16
     config = json.loads((run_dir / "config.json").read_text())
     assert config["env_config"]["runtime"]["device"] == "cpu" and config["total_timesteps"] == 16
 
-    differ = r"these differ: horizon \(saved 8, given 16\); gamma \(saved 0.99, given 0.9\)"
-    with pytest.raises(SystemExit, match=differ):
+    with pytest.raises(SystemExit) as exit_info:
         train_policy.main([*args, "--resume", "--env-kwargs", "horizon=16", "--hyperparams", "gamma=0.9"])
+    differ = "these differ: horizon (saved 8, given 16); gamma (saved 0.99, given 0.9)"
+    assert exit_info.value.code == 2 and differ in capsys.readouterr().err
 
 
 def test_a_run_folder_trains_one_process_at_a_time(tmp_path: Path) -> None:
@@ -206,20 +214,22 @@ def test_resume_skips_snapshots_that_do_not_read_back(tmp_path: Path) -> None:
         train_policy.main([*args, "--total-timesteps", "16", "--resume"])
 
 
-def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path: Path) -> None:
+@pytest.mark.parametrize("vec_env", ["dummy", "subproc"])
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path: Path, vec_env: str) -> None:
     args = ["--algo", "ppo", "--preset", "test", "--out", str(tmp_path), "--no-progress-bar",
-            "--hyperparams", "n_steps=4", "batch_size=4", *ENV_ARGS]
+            "--hyperparams", "n_steps=4", "batch_size=8", "--vec-env", vec_env, "--n-envs", "2", *ENV_ARGS]
     process = subprocess.Popen([sys.executable, str(REPO / "train_policy.py"), *args, "--total-timesteps", "100000"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     run_dir = tmp_path / "ppo" / "test_0"
     monitor = run_dir / "monitor" / "0.monitor.csv"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: CI's two cores may be busy with other tests
     while time.monotonic() < deadline and process.poll() is None:
         if monitor.exists() and len(monitor.read_text().splitlines()) >= 3:  # an episode is done: it trains
             break
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    assert process.poll() is None and monitor.exists(), "training did not start"
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group, subprocess workers too
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output  # a `set -e` script stops instead of using a half-trained policy
     assert "interrupted" in output and "--total-timesteps 100000 --resume" in output
@@ -227,8 +237,18 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path: Path) -> None:
     assert steps >= 3  # the episode's last step may be uncounted
     assert (run_dir / "vecnormalize.pkl").is_file()
 
-    train_policy.main([*args, "--total-timesteps", str(steps + 4), "--resume"])
-    assert trained_steps(run_dir / "model.zip") == steps + 4
+    train_policy.main([*args, "--total-timesteps", str(steps + 8), "--resume"])  # one rollout: 2 envs x 4 steps
+    assert trained_steps(run_dir / "model.zip") == steps + 8
+
+
+def test_a_resume_with_nothing_to_train_leaves_the_model_file_alone(tmp_path: Path) -> None:
+    # evaluate.py identifies a policy by model.zip's SHA-256; SB3 would store a new time in it.
+    args = ["--algo", "ppo", "--preset", "test", "--out", str(tmp_path), "--no-progress-bar", "--total-timesteps",
+            "8", "--hyperparams", "n_steps=4", "batch_size=4", *ENV_ARGS]
+    model = train_policy.main(args) / "model.zip"
+    before = model.read_bytes()
+    train_policy.main([*args, "--resume"])
+    assert model.read_bytes() == before
 
 
 def test_batched_vector_env_trains_and_the_policy_loads(tmp_path: Path) -> None:
