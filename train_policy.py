@@ -23,7 +23,6 @@ different value is refused, except in the ``runtime`` section (device, cache fol
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import shlex
 import sys
@@ -39,6 +38,7 @@ from agents.callbacks import StepScalarsCallback
 from agents.envs import make_lambda_vec_env
 from agents.hyperparams import (
     check_rollout_length,
+    constructor_defaults,
     is_off_policy,
     load_hyperparams,
     model_kwargs,
@@ -140,7 +140,7 @@ def resumed_config(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any
               for section in SECTIONS if section != "runtime"  # where the run is computed may change
               for key, value in saved_env[section].items() if env_config[section].get(key) != value]
     # A key the run left out had the constructor's default: giving that value changes nothing.
-    defaults = {name: p.default for name, p in inspect.signature(ALGOS[args.algo].__init__).parameters.items()}
+    defaults = constructor_defaults(ALGOS[args.algo])
     differ += [f"{key} (saved {saved_hp.get(key, defaults.get(key))!r}, given {value!r})"
                for key, value in hyperparams.items() if saved_hp.get(key, defaults.get(key)) != value]
     if args.n_envs is not None and args.n_envs != config["n_envs"]:

@@ -56,9 +56,14 @@ NOISES: dict[str, type[ActionNoise]] = {"normal": NormalActionNoise, "ornstein-u
 _OUR_TYPES: dict[str, type] = {"n_timesteps": int, "n_envs": int, "noise_std": float}
 
 
+def constructor_defaults(algo_cls: type[BaseAlgorithm]) -> dict[str, Any]:
+    """Every constructor argument of ``algo_cls`` with its default (``inspect.Parameter.empty`` if none)."""
+    return {name: param.default for name, param in inspect.signature(algo_cls.__init__).parameters.items()}
+
+
 def valid_keys(algo_cls: type[BaseAlgorithm]) -> list[str]:
     """Every key a hyper-parameter file may use for ``algo_cls``."""
-    params = inspect.signature(algo_cls.__init__).parameters
+    params = constructor_defaults(algo_cls)
     ours = set(OUR_KEYS) - ({"noise_type", "noise_std"} if "action_noise" not in params else set())
     return sorted((set(params) - _RESERVED - {"policy"}) | ours)
 
@@ -93,10 +98,10 @@ def _check_types(algo_cls: type[BaseAlgorithm], hyperparams: dict[str, Any]) -> 
     numbers here, and an integral one becomes an int where an int is due. ``train_freq`` may also
     be ``[N, step]`` or ``[N, episode]``, and ``policy_kwargs`` must be a mapping.
     """
-    params = inspect.signature(algo_cls.__init__).parameters
+    defaults = constructor_defaults(algo_cls)
     checked = dict(hyperparams)
     for key, value in hyperparams.items():
-        default = params[key].default if key in params else None
+        default = defaults.get(key)
         kind = _OUR_TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float)) else None)
         if key == "policy_kwargs" and not isinstance(value, dict):
             raise ValueError(f"policy_kwargs expects a mapping, e.g. {{net_arch: [64, 64]}}, got {value!r}")
@@ -191,7 +196,7 @@ def check_rollout_length(algo: str, hyperparams: dict[str, Any], horizon: int) -
     algo_cls = ALGOS[algo]
     if not issubclass(algo_cls, OnPolicyAlgorithm):
         return
-    n_steps = int(hyperparams.get("n_steps", inspect.signature(algo_cls.__init__).parameters["n_steps"].default))
+    n_steps = int(hyperparams.get("n_steps", constructor_defaults(algo_cls)["n_steps"]))
     if n_steps % horizon == 0:
         return
     message = f"{algo}: n_steps={n_steps} is not a multiple of the episode length (horizon={horizon})"

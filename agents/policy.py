@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.algos import ALGOS
 from agents.hyperparams import vecnormalize_kwargs
-from agents.runs import RunLayout, Snapshot, latest_snapshot, run_dir_of, snapshot_of
+from agents.runs import RunLayout, Snapshot, latest_snapshot, readable_snapshot, run_dir_of
 
 
 class LambdaPolicy:
@@ -50,14 +50,11 @@ def policy_snapshot(path: str | Path) -> Snapshot:
     """The snapshot :func:`load_lambda_policy` loads for ``path``: that file, or a run folder's latest good one."""
     layout = RunLayout(run_dir_of(path))
     normalized = vecnormalize_kwargs(layout.read_config()["hyperparams"]) is not None
-    if Path(path).is_dir():
-        snapshot = latest_snapshot(layout, normalized)
-        if snapshot is None:
-            raise FileNotFoundError(f"{layout.root} holds no saved model yet (model.zip or checkpoints/)")
-    else:
-        snapshot = snapshot_of(Path(path))
-    if normalized and snapshot.vecnormalize is None:
-        raise FileNotFoundError(f"the VecNormalize statistics of {snapshot.model} are missing")
+    if not Path(path).is_dir():
+        return readable_snapshot(Path(path), normalized)
+    snapshot = latest_snapshot(layout, normalized)
+    if snapshot is None:
+        raise FileNotFoundError(f"{layout.root} holds no saved model yet (model.zip or checkpoints/)")
     return snapshot
 
 

@@ -15,19 +15,20 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.save_util import load_from_zip_file
+
+from unlearn_env.cache import file_lock
 
 CHECKPOINT_PREFIX = "rl_model"
 TB_LOG_NAME = "tb"
@@ -128,8 +129,11 @@ def snapshot_of(model_path: Path) -> Snapshot:
     )
 
 
-def _resumable(model_path: Path, normalized: bool) -> Snapshot:
-    """:func:`snapshot_of`, also checking that its VecNormalize statistics read back when ``normalized``."""
+def readable_snapshot(model_path: Path, normalized: bool) -> Snapshot:
+    """:func:`snapshot_of`, also checking that its VecNormalize statistics read back when ``normalized``.
+
+    Raises ``ValueError`` naming what does not read back.
+    """
     snapshot = snapshot_of(model_path)
     if not normalized:
         return snapshot
@@ -154,7 +158,7 @@ def latest_snapshot(layout: RunLayout, normalized: bool) -> Snapshot | None:
     best: Snapshot | None = None
     if layout.model.exists():
         try:
-            best = _resumable(layout.model, normalized)
+            best = readable_snapshot(layout.model, normalized)
         except ValueError as err:
             skipped.append(str(err))
     # Newest first, by the step count in the name; reading stops at the first good one.
@@ -167,7 +171,7 @@ def latest_snapshot(layout: RunLayout, normalized: bool) -> Snapshot | None:
         if best is not None and steps <= best.num_timesteps:
             break
         try:
-            best = _resumable(path, normalized)
+            best = readable_snapshot(path, normalized)
             break
         except ValueError as err:
             skipped.append(str(err))
@@ -186,15 +190,12 @@ def run_lock(layout: RunLayout) -> Iterator[None]:
     Creates the run folder. Raises :class:`RunError` at once, without waiting, when another process holds it.
     """
     layout.root.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock, "a") as handle:
+    with ExitStack() as stack:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stack.enter_context(file_lock(layout.lock, wait=False))
         except BlockingIOError:
             raise RunError(f"another process is training into {layout.root}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def save_atomically(path: Path, write: Callable[[Path], Any]) -> None:

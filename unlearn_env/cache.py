@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,14 +32,19 @@ def artifact_dir(runtime: RuntimeConfig, kind: str, key: str) -> Path:
 
 
 @contextmanager
-def artifact_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on a cache folder: one process builds an artefact, the others wait and then reuse it."""
-    with open(Path(folder) / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def file_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Exclusive lock on the file ``path`` (created if missing); without ``wait``, ``BlockingIOError`` if it is held."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def artifact_lock(folder: Path) -> AbstractContextManager[None]:
+    """Exclusive lock on a cache folder: one process builds an artefact, the others wait and then reuse it."""
+    return file_lock(Path(folder) / ".lock")
 
 
 def _umask() -> int:
