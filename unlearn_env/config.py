@@ -31,7 +31,12 @@ if TYPE_CHECKING:
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
+BASE_MODEL_FORMAT = 2
+"""Part of every base model's cache key: bump it when what a base model trains on changes without a
+config field changing. 2: digits from the fixed train part only, forget images from the ``forget`` pool."""
+
 SISSMode = Literal["weights", "rescale"]
+TrainOn = Literal["all", "retain"]
 RetainSource = Literal["retain", "all"]
 Precision = Literal["fp32", "bf16"]
 
@@ -45,9 +50,11 @@ class DataConfig:
     fashion_dir: str = DEFAULT_FASHION_DIR
     """Folder with Fashion-MNIST IDX files (Debian package ``dataset-fashion-mnist``)."""
     forget_class: int = 1
-    """Digit label that is contaminated with trousers."""
+    """Digit label that is contaminated."""
+    fashion_class: int = 1
+    """Fashion-MNIST class mixed into the forget label (1: trousers); its images form the forget set A."""
     contamination: float = 0.2
-    """Share of the forget-class images that are trousers, in (0, 1)."""
+    """Share of the forget-label images that come from ``fashion_class``, in (0, 1)."""
     max_digits: int | None = None
     """Keep at most this many digits (stratified by label); ``None`` keeps all."""
     data_seed: int = 0
@@ -58,6 +65,8 @@ class DataConfig:
             raise ValueError(f"contamination must lie in (0, 1), got {self.contamination}")
         if not 0 <= self.forget_class <= 9:
             raise ValueError(f"forget_class must be a digit 0-9, got {self.forget_class}")
+        if not 0 <= self.fashion_class <= 9:
+            raise ValueError(f"fashion_class must be a Fashion-MNIST class 0-9, got {self.fashion_class}")
         if self.max_digits is not None and self.max_digits < 20:
             raise ValueError(f"max_digits must be at least 20, got {self.max_digits}")
 
@@ -96,6 +105,12 @@ class PretrainConfig:
     """Augment the trouser images with horizontal flips (never the digits)."""
     checkpoint_every: int = 250
     train_seed: int = 0
+    train_on: TrainOn = "all"
+    """``all``: the base model, trained on X; ``retain``: the retrain oracle, the same recipe on X\\A only."""
+
+    def __post_init__(self) -> None:
+        if self.train_on not in typing.get_args(TrainOn):
+            raise ValueError(f"train_on must be one of {typing.get_args(TrainOn)}, got {self.train_on!r}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,12 @@ class ExperimentConfig:
 
     def base_model_key(self) -> str:
         """Hash of everything that determines the base model (data, model, pretraining)."""
-        return config_hash({s: dataclasses.asdict(getattr(self, s)) for s in ("data", "model", "pretrain")})
+        sections = {s: dataclasses.asdict(getattr(self, s)) for s in ("data", "model", "pretrain")}
+        return config_hash({"format": BASE_MODEL_FORMAT, **sections})
+
+    def oracle(self) -> ExperimentConfig:
+        """The same experiment with the retrain oracle as its model: the base recipe on X\\A only."""
+        return dataclasses.replace(self, pretrain=dataclasses.replace(self.pretrain, train_on="retain"))
 
 
 def config_hash(obj: Any) -> str:

