@@ -60,8 +60,8 @@ from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_over
 from unlearn_env.data import DataError, to_uint8
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.episode import EpisodeLog, run_episode
-from unlearn_env.judge import JudgeNet, ensure_judge
-from unlearn_env.metrics import JudgeFeatures, RealReference, fid_kid, sample_per_label, score_samples, trouser_stats
+from evaluation.judge import JudgeNet, ensure_judge
+from evaluation.metrics import JudgeFeatures, RealReference, fid_kid, sample_per_label, score_samples, trouser_stats
 from unlearn_env.pretrain import load_base_unet
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import torch
 
 from unlearn_env.config import get_config
 from unlearn_env.data import to_model_space
-from unlearn_env.judge import (
+from evaluation.judge import (
     TROUSER_LABEL,
     JudgeConfig,
     JudgeNet,

@@ -10,7 +10,7 @@ import torch
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from unlearn_env.diffusion import build_scheduler, build_unet
-from unlearn_env.metrics import (
+from evaluation.metrics import (
     RealReference,
     evaluate_unlearning,
     fid_kid,

