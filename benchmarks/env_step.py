@@ -1,12 +1,16 @@
-"""Cost of the environment: env step vs a plain SISS loop doing the same update, and reset vs step.
+"""Cost of the environment: env step vs a plain SISS loop doing the same update, probes, reset, terminal score.
 
     python benchmarks/env_step.py --preset cpu --steps 30 --rounds 5 --json env_step.json
 
 The plain loop is what one would write without Gymnasium: draw a batch, one forward and
 two backward passes, combine the gradients and step AdamW, on its own copy of the base
-model. Env and plain blocks alternate in rounds, and the median of the per-round
-times is reported, so a passing load on the machine hits both alike.
-Goals: the env adds at most 5 % over the plain loop; a reset costs less than one step.
+model. "Plain + probe" adds the probe pass the env makes after every update (one forward
+pass without gradient on the episode's probe set, for the reward). Env and plain blocks
+alternate in rounds, and the median of the per-round times is reported, so a passing load
+on the machine hits all alike. The ``outcome`` reward's terminal judge score (sampling the
+final model once per episode) is timed too, and reported per episode and per step.
+Goals: the probe pass adds at most 25 % to the plain loop; the env adds at most 5 % over
+plain + probe; a reset costs less than one step.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import statistics
 import numpy as np
 import torch
 
-from unlearn_env import siss
+from unlearn_env import probes, siss
 from unlearn_env.config import PRESETS, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
-from unlearn_env.env import UnlearningEnv
+from unlearn_env.env import UnlearningEnv, split_pools
 from unlearn_env.pretrain import load_base_unet
+from unlearn_env.terminal import TerminalJudge
 
 from timing import json_target, time_block
 
@@ -31,12 +36,19 @@ from timing import json_target, time_block
 class PlainLoop:
     """The SISS update written directly, with no environment around it."""
 
-    def __init__(self, env: UnlearningEnv) -> None:
+    def __init__(self, env: UnlearningEnv, probe: bool) -> None:
         cfg = env.config
         self.cfg = cfg.unlearn
         self.device = env.device
         data = build_unlearning_data(cfg.data, cfg.model.image_size).to(self.device)
-        self.data = data
+        self.pools = split_pools(data, self.cfg)
+        self.forget = data.forget_images, data.forget_labels
+        self.rule = siss.UpdateRule.from_config(self.cfg, data.n, data.k, data.forget_images[0].numel())
+        self.hflip = cfg.pretrain.hflip_forget
+        self.probe_set = probes.draw_probe_set(
+            self.pools[2], self.pools[3], *self.forget, self.cfg.probe_size, cfg.model.num_train_timesteps,
+            self.hflip, torch.Generator().manual_seed(0),
+        ) if probe else None
         self.unet = load_base_unet(cfg, self.device).train()
         self.params = list(self.unet.parameters())
         self.optimizer = torch.optim.AdamW(
@@ -48,17 +60,17 @@ class PlainLoop:
         self.lam = torch.tensor(0.5, device=self.device)
 
     def step(self) -> None:
-        """One SISS update."""
-        d = self.data
+        """One SISS update (and the probe pass after it)."""
         batch = siss.draw_batch(
-            d.retain_images, d.retain_labels, d.forget_images, d.forget_labels,
-            self.cfg.batch_size, self.num_timesteps, self.generator,
+            self.pools[0], self.pools[1], *self.forget, self.cfg.batch_size, self.num_timesteps, self.generator,
+            self.hflip,
         )
         m = siss.measure(self.unet, self.params, batch, self.lam, self.gamma, self.sigma)
-        coef_r, coef_f = siss.update_coefficients(
-            self.cfg.mode, m.norm_forget, d.n, d.k, self.cfg.superfactor, self.cfg.rescale_norm
-        )
-        siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f, self.cfg.max_grad_norm)
+        coef_r, coef_f = self.rule.coefficients(m.norm_forget)
+        siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f,
+                          self.rule.max_grad_norm)
+        if self.probe_set is not None:
+            probes.probe_losses(self.unet, self.probe_set, self.gamma, self.sigma).tolist()
 
 
 def main() -> None:
@@ -73,7 +85,7 @@ def main() -> None:
     # A long horizon so that the timed env steps never hit an episode end.
     overrides = {"horizon": 10**9, **parse_overrides(args.env_kwargs)}
     env = UnlearningEnv(config=get_config(args.preset), **overrides)
-    plain = PlainLoop(env)
+    plain, probed = PlainLoop(env, probe=False), PlainLoop(env, probe=True)
     device = env.device
     action = np.array([0.5], dtype=np.float32)
     env.reset(seed=0)
@@ -84,35 +96,63 @@ def main() -> None:
     def env_reset() -> None:
         env.reset(seed=0)
 
-    for fn in (env_step, plain.step, env_reset):  # warm-up
-        time_block(fn, 3, device)
+    terminal = TerminalJudge(env.config, env.retain_classes, device)
+    terminal_noise = terminal.draw_noise(torch.Generator().manual_seed(0))
+
+    def terminal_score() -> None:
+        terminal.score(env.unet, env.scheduler, terminal_noise)
+
+    for fn in (env_step, plain.step, probed.step, env_reset, terminal_score):  # warm-up
+        time_block(fn, 1 if fn is terminal_score else 3, device)
     env.reset(seed=0)
-    env_times, plain_times, reset_times = [], [], []
+    env_times, plain_times, probed_times, reset_times, terminal_times = [], [], [], [], []
     for _ in range(args.rounds):
         env_times.append(time_block(env_step, args.steps, device))
         plain_times.append(time_block(plain.step, args.steps, device))
+        probed_times.append(time_block(probed.step, args.steps, device))
         reset_times.append(time_block(env_reset, max(1, args.steps // 4), device))
-    step_s, plain_s, reset_s = (statistics.median(t) for t in (env_times, plain_times, reset_times))
+        terminal_times.append(time_block(terminal_score, 1, device))
+    step_s, plain_s, probed_s, reset_s, terminal_s = (
+        statistics.median(t) for t in (env_times, plain_times, probed_times, reset_times, terminal_times)
+    )
+    horizon = get_config(args.preset, **parse_overrides(args.env_kwargs)).unlearn.horizon
     figures = {
         "preset": args.preset,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch_threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in env.params),
         "batch_size": env.config.unlearn.batch_size,
+        "probe_size": env.config.unlearn.probe_size,
         "env_step_ms": 1e3 * step_s,
         "plain_step_ms": 1e3 * plain_s,
+        "plain_probe_step_ms": 1e3 * probed_s,
         "reset_ms": 1e3 * reset_s,
-        "env_overhead": step_s / plain_s - 1.0,
+        "terminal_score_ms": 1e3 * terminal_s,
+        "terminal_per_step": terminal_s / (horizon * step_s),
+        "probe_overhead": probed_s / plain_s - 1.0,
+        "env_overhead": step_s / probed_s - 1.0,
         "reset_over_step": reset_s / step_s,
-        "goal_overhead_at_most_5pct": step_s / plain_s - 1.0 <= 0.05,
+        "goal_probe_overhead_at_most_25pct": probed_s / plain_s - 1.0 <= 0.25,
+        "goal_overhead_at_most_5pct": step_s / probed_s - 1.0 <= 0.05,
         "goal_reset_below_step": reset_s < step_s,
     }
-    print(f"preset {args.preset} on {figures['device']} ({figures['parameters']:,} parameters, batch {figures['batch_size']})")
-    print(f"  env step     {figures['env_step_ms']:9.2f} ms")
-    print(f"  plain step   {figures['plain_step_ms']:9.2f} ms")
-    print(f"  env reset    {figures['reset_ms']:9.2f} ms")
-    print(f"  env overhead {100 * figures['env_overhead']:+8.2f} %   (goal <= +5 %: {'met' if figures['goal_overhead_at_most_5pct'] else 'NOT met'})")
-    print(f"  reset / step {figures['reset_over_step']:9.3f}     (goal < 1: {'met' if figures['goal_reset_below_step'] else 'NOT met'})")
+
+    def verdict(goal: str) -> str:
+        return "met" if figures[goal] else "NOT met"
+
+    print(f"preset {args.preset} on {figures['device']} ({figures['parameters']:,} parameters, batch "
+          f"{figures['batch_size']}, probe {figures['probe_size']} + {figures['probe_size']} images)")
+    print(f"  env step       {figures['env_step_ms']:9.2f} ms")
+    print(f"  plain step     {figures['plain_step_ms']:9.2f} ms")
+    print(f"  plain + probe  {figures['plain_probe_step_ms']:9.2f} ms")
+    print(f"  env reset      {figures['reset_ms']:9.2f} ms")
+    print(f"  terminal score {figures['terminal_score_ms']:9.2f} ms per episode ({100 * figures['terminal_per_step']:.1f} % "
+          f"of a {horizon}-step episode's steps; outcome reward only)")
+    print(f"  probe overhead {100 * figures['probe_overhead']:+8.2f} %   (goal <= +25 %: "
+          f"{verdict('goal_probe_overhead_at_most_25pct')})")
+    print(f"  env overhead   {100 * figures['env_overhead']:+8.2f} %   (over plain + probe; goal <= +5 %: "
+          f"{verdict('goal_overhead_at_most_5pct')})")
+    print(f"  reset / step   {figures['reset_over_step']:9.3f}     (goal < 1: {verdict('goal_reset_below_step')})")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

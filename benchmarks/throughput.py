@@ -51,7 +51,7 @@ from unlearn_env import siss
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, build_unet, noise_coefficients
-from unlearn_env.env import UnlearningEnv, retain_pool
+from unlearn_env.env import UnlearningEnv, split_pools
 from unlearn_env.pretrain import BASE_FILE, base_model_dir, load_base_unet
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
@@ -71,7 +71,9 @@ class PlainSISS:
         device = config.runtime.torch_device()
         data = build_unlearning_data(config.data, config.model.image_size).to(device)
         self.n, self.k = data.n, data.k
-        self.pools = (*retain_pool(data, self.cfg.retain_source), data.forget_images, data.forget_labels)
+        self.pools = (*split_pools(data, self.cfg)[:2], data.forget_images, data.forget_labels)
+        self.rule = siss.UpdateRule.from_config(self.cfg, data.n, data.k, data.forget_images[0].numel())
+        self.hflip = config.pretrain.hflip_forget
         self.gamma, self.sigma = noise_coefficients(build_scheduler(config.model), device)
         self.models = [load_base_unet(config, device).train() for _ in range(num_runs)]
         self.params = [list(model.parameters()) for model in self.models]
@@ -88,12 +90,10 @@ class PlainSISS:
         """One SISS update of every run."""
         cfg = self.cfg
         for model, params, optimizer, generator in zip(self.models, self.params, self.optimizers, self.generators):
-            batch = siss.draw_batch(*self.pools, cfg.batch_size, self.num_timesteps, generator)
+            batch = siss.draw_batch(*self.pools, cfg.batch_size, self.num_timesteps, generator, self.hflip)
             m = siss.measure(model, params, batch, self.lam, self.gamma, self.sigma)
-            coef_r, coef_f = siss.update_coefficients(
-                cfg.mode, m.norm_forget, self.n, self.k, cfg.superfactor, cfg.rescale_norm
-            )
-            siss.apply_update(optimizer, params, m.grad_retain, m.grad_forget, coef_r, coef_f, cfg.max_grad_norm)
+            coef_r, coef_f = self.rule.coefficients(m.norm_forget)
+            siss.apply_update(optimizer, params, m.grad_retain, m.grad_forget, coef_r, coef_f, self.rule.max_grad_norm)
 
 
 class ForwardBackwardFloor:

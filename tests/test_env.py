@@ -69,17 +69,18 @@ def test_episode_runs_horizon_steps_with_documented_observation(env: UnlearningE
 
 
 def test_reward_terms_follow_the_spec() -> None:
+    """SPEC §5's reward, with L_SISS and the retain-safety term on the probe losses of theta_{t+1} and theta_0."""
     env = UnlearningEnv(preset="test", alpha=2.0, kappa=3.0, superfactor=0.5, mode="weights")
     _, first = env.reset(seed=3)
     _, _, _, _, info = env.step(np.array([0.5], dtype=np.float32))
     _, reward, _, _, info = env.step(np.array([0.8], dtype=np.float32))
     n, k = env.n, env.k
-    l_siss = n / (n - k) * info["loss_retain"] - 1.5 * k / (n - k) * info["loss_forget"]
+    l_siss = n / (n - k) * info["probe_loss_retain"] - 1.5 * k / (n - k) * info["probe_loss_forget"]
     assert info["loss_siss"] == pytest.approx(l_siss, rel=1e-6)
     assert info["reward_terms"]["siss"] == pytest.approx(-l_siss, rel=1e-6)
     assert info["reward_terms"]["smoothness"] == pytest.approx(-2.0 * 0.3**2, rel=1e-5)
     assert info["reward_terms"]["retain_safety"] == pytest.approx(
-        -3.0 * max(0.0, info["loss_retain"] - first["loss_retain"]), rel=1e-6
+        -3.0 * max(0.0, info["probe_loss_retain"] - first["probe_loss_retain"]), rel=1e-6
     )
     assert reward == pytest.approx(sum(info["reward_terms"].values()))
 
@@ -133,23 +134,29 @@ def test_out_of_box_action_is_clipped_and_reported(env: UnlearningEnv) -> None:
     assert not info["action_clipped"]
 
 
-def test_divergence_ends_episode_and_leaves_weights_untouched() -> None:
+def test_an_update_that_blows_up_ends_the_episode_and_reset_repairs_it() -> None:
     env = UnlearningEnv(preset="test", lr=1e30, max_grad_norm=None, mode="weights", crash_penalty=50.0)
     env.reset(seed=0)
-    diverged = False
-    for _ in range(env.config.unlearn.horizon):
-        before = {k: v.clone() for k, v in env.unet.state_dict().items()}
-        obs, reward, terminated, _, info = env.step(np.array([0.5], dtype=np.float32))
-        if info["diverged"]:
-            diverged = True
-            break
-    assert diverged, "an lr of 1e30 should make the losses overflow"
+    obs, reward, terminated, _, info = env.step(np.array([0.5], dtype=np.float32))
+    # The minibatch of theta_0 is finite, so the update happens; the probe of theta_1 is not.
+    assert info["diverged"], "an lr of 1e30 should make the probe losses after the update overflow"
     assert terminated and reward == -50.0 and info["reward_terms"] == {"crash": -50.0}
     assert env.observation_space.contains(obs)
-    assert all(torch.equal(before[k], v) for k, v in env.unet.state_dict().items())
     obs, _ = env.reset(seed=0)
     assert all(torch.isfinite(v).all() for v in env.unet.state_dict().values())
     assert np.all(np.isfinite(obs))
+
+
+def test_a_non_finite_minibatch_leaves_the_weights_untouched() -> None:
+    env = UnlearningEnv(preset="test", crash_penalty=50.0)
+    env.reset(seed=0)
+    with torch.no_grad():
+        env.params[0].view(-1)[0] = float("nan")  # white-box: corrupt one weight, so every loss is NaN
+    before = {k: v.clone() for k, v in env.unet.state_dict().items()}
+    obs, reward, terminated, _, info = env.step(np.array([0.5], dtype=np.float32))
+    assert info["diverged"] and terminated and reward == -50.0 and env.observation_space.contains(obs)
+    assert all(torch.equal(before[k].nan_to_num(), v.nan_to_num()) for k, v in env.unet.state_dict().items())
+    assert len(env.optimizer.state) == 0
 
 
 def test_step_lambda_gives_a_loss_differentiable_in_lambda(env: UnlearningEnv) -> None:
@@ -158,7 +165,9 @@ def test_step_lambda_gives_a_loss_differentiable_in_lambda(env: UnlearningEnv) -
     obs, reward, _, _, info, loss = env.step_lambda(lam)
     loss.backward()
     assert lam.grad is not None and math.isfinite(lam.grad.item()) and lam.grad.item() != 0.0
-    assert loss.item() == pytest.approx(info["loss_siss"], rel=1e-5)
+    # L_SISS(theta_t; lambda) of the update's own minibatch, not the probe objective of the reward.
+    n, k = env.n, env.k
+    assert loss.item() == pytest.approx(n / (n - k) * info["loss_retain"] - k / (n - k) * info["loss_forget"], rel=1e-5)
     with pytest.raises(ValueError, match="within"):
         env.step_lambda(torch.tensor(0.95))
 

@@ -37,6 +37,8 @@ config field changing. 2: digits from the fixed train part only, forget images f
 
 SISSMode = Literal["weights", "rescale"]
 TrainOn = Literal["all", "retain"]
+RewardMode = Literal["paper", "outcome"]
+ObservationMode = Literal["paper", "extended"]
 RetainSource = Literal["retain", "all"]
 Precision = Literal["fp32", "bf16"]
 
@@ -115,7 +117,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    """One unlearning episode: the SISS update (SPEC §3) and the MDP (SPEC §5)."""
+    """One unlearning episode: the SISS update (SPEC §3) and the MDP's state (SPEC §5)."""
 
     horizon: int = 60
     """T, the number of SISS updates in an episode."""
@@ -128,25 +130,27 @@ class UnlearnConfig:
     """``weights``: the paper's n/(n-k), (1+s)k/(n-k); ``rescale``: the official code's gradient rescale."""
     superfactor: float = 0.0
     """s >= 0 in the weights mode."""
-    rescale_norm: float = 5.0 / 784
-    """c in the rescale mode: the forget gradient is scaled to this norm. The official code's c = 5 is for
-    losses summed over the 784 pixels; ours are means over pixels, so the same balance is 5/784."""
+    rescale_norm: float = 5.0
+    """c in the rescale mode, in the official code's units: its losses are sums over the image's pixels,
+    ours are means, so the forget gradient is scaled to norm c / pixels (5/784 at 28x28), the same balance."""
     max_grad_norm: float | None = 1.0
-    """Global gradient-norm clip applied to the combined update; ``None`` disables it."""
+    """Global-norm clip of the combined update, in the same pixel-sum units (the env clips at
+    max_grad_norm / pixels), so that it acts as the official code's clip at 1 does: on nearly every
+    step. ``None`` disables it."""
     retain_source: RetainSource = "retain"
     """Draw x from the retain set X\\A (``retain``, as the official code) or from all of X (``all``)."""
     lambda_min: float = 0.1
     lambda_max: float = 0.9
     lambda_init: float = 0.5
     """lambda_{-1}, the previous action reported in the first observation."""
-    alpha: float = 1.0
-    """Smoothness penalty on (lambda_t - lambda_{t-1})^2."""
-    kappa: float = 0.0
-    """Retain-safety penalty on max(0, L_r,t - L_r,0). Both are one minibatch's importance-weighted
-    estimates, so the term is biased upward by their noise, more at high lambda (w_x ~ 1/(1 - lambda)):
-    expect a few hundredths of kappa per step even when the retain loss does not rise."""
-    crash_penalty: float = 100.0
-    """Reward of a step whose loss or gradient is not finite (the episode then ends)."""
+    observation: ObservationMode = "paper"
+    """``paper``: the 6 entries of SPEC §5 (losses and norms measured on theta_t, before the step's
+    update); ``extended`` appends the probe losses of theta_{t+1} (retain, forget): 8 entries."""
+    probe_size: int = 32
+    """Probe images per side (held-out retain, forget) whose plain losses are measured after each update."""
+    probe_holdout: float = 0.05
+    """Share of the retain set (stratified by label; at least ``probe_size`` images) that the updates never
+    draw: the retain probes come from it."""
     obs_limit: float = 1e6
     """Observation entries are clipped to [0, obs_limit] so the space has finite bounds."""
     render_ddim_steps: int = 20
@@ -158,16 +162,74 @@ class UnlearnConfig:
             raise ValueError(
                 f"retain_source must be one of {typing.get_args(RetainSource)}, got {self.retain_source!r}"
             )
+        if self.observation not in typing.get_args(ObservationMode):
+            raise ValueError(
+                f"observation must be one of {typing.get_args(ObservationMode)}, got {self.observation!r}"
+            )
         if not 0.0 < self.lambda_min <= self.lambda_max < 1.0:
             raise ValueError(
                 f"need 0 < lambda_min <= lambda_max < 1, got [{self.lambda_min}, {self.lambda_max}]"
             )
         if not self.lambda_min <= self.lambda_init <= self.lambda_max:
             raise ValueError(f"lambda_init {self.lambda_init} lies outside [lambda_min, lambda_max]")
-        if self.horizon < 1 or self.batch_size < 1:
-            raise ValueError("horizon and batch_size must be positive")
+        if self.horizon < 1 or self.batch_size < 1 or self.probe_size < 1:
+            raise ValueError("horizon, batch_size and probe_size must be positive")
+        if not 0.0 < self.probe_holdout < 0.5:
+            raise ValueError(f"probe_holdout must lie in (0, 0.5), got {self.probe_holdout}")
         if self.superfactor < 0:
             raise ValueError(f"superfactor must be >= 0, got {self.superfactor}")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The MDP's reward (SPEC §5, and the ``outcome`` alternative of :mod:`unlearn_env.rewards`).
+
+    Every loss in a reward is a *probe* loss: the plain epsilon-loss on the episode's fixed probe
+    images, measured on the model after the step's update (theta_{t+1}) or at reset (theta_0).
+
+    * ``paper``: R_t = -L_SISS(theta_{t+1}) - alpha (lambda_t - lambda_{t-1})^2
+      - kappa max(0, L_r(theta_{t+1}) - L_r(theta_0)), with L_SISS = n/(n-k) L_r - (1+s) k/(n-k) L_f.
+    * ``outcome``: r_t = Phi(theta_{t+1}) - Phi(theta_t) - alpha (lambda_t - lambda_{t-1})^2, plus at
+      t = T the judge's score of the final model's samples; the potential is
+      Phi = forget_weight min(L_f / L_f(theta_0) - 1, forget_cap) - retain_weight (L_r / L_r(theta_0) - 1).
+    """
+
+    reward: RewardMode = "paper"
+    alpha: float = 1.0
+    """Smoothness penalty on (lambda_t - lambda_{t-1})^2: a tie-breaker, not the main signal."""
+    kappa: float = 0.0
+    """``paper``: retain-safety penalty on max(0, L_r(theta_{t+1}) - L_r(theta_0))."""
+    crash_penalty: float = 100.0
+    """Reward of a step whose loss, gradient or probe loss is not finite (the episode then ends)."""
+    forget_weight: float = 1.0
+    """``outcome``: weight of the forget probe loss's relative rise in the potential."""
+    forget_cap: float = 1.0
+    """``outcome``: the forget loss's relative rise is paid up to this much (a blow-up earns nothing more)."""
+    retain_weight: float = 10.0
+    """``outcome``: weight of the retain probe loss's relative rise in the potential."""
+    terminal_concept_weight: float = 1.0
+    """``outcome``: penalty per unit share of forget-label samples judged the forget concept, at t = T."""
+    terminal_digit_weight: float = 1.0
+    """``outcome``: penalty per unit share of forget-label samples not judged the forget digit, at t = T."""
+    terminal_retain_weight: float = 1.0
+    """``outcome``: penalty per unit share of retain samples not judged the digit asked for, at t = T."""
+    terminal_forget_samples: int = 32
+    """``outcome``: forget-label samples scored at t = T."""
+    terminal_retain_samples: int = 4
+    """``outcome``: samples per retain label scored at t = T."""
+    terminal_sampler_steps: int = 10
+    """``outcome``: DDIM steps of the terminal samples."""
+
+    def __post_init__(self) -> None:
+        if self.reward not in typing.get_args(RewardMode):
+            raise ValueError(f"reward must be one of {typing.get_args(RewardMode)}, got {self.reward!r}")
+        weights = (self.alpha, self.kappa, self.crash_penalty, self.forget_weight, self.forget_cap,
+                   self.retain_weight, self.terminal_concept_weight, self.terminal_digit_weight,
+                   self.terminal_retain_weight)
+        if min(weights) < 0:
+            raise ValueError("reward weights, caps and penalties must be >= 0")
+        if min(self.terminal_forget_samples, self.terminal_retain_samples, self.terminal_sampler_steps) < 1:
+            raise ValueError("terminal sample counts and sampler steps must be positive")
 
 
 @dataclass(frozen=True)
@@ -198,7 +260,7 @@ class RuntimeConfig:
         return device
 
 
-SECTIONS: tuple[str, ...] = ("data", "model", "pretrain", "unlearn", "runtime")
+SECTIONS: tuple[str, ...] = ("data", "model", "pretrain", "unlearn", "reward", "runtime")
 
 
 @dataclass(frozen=True)
@@ -210,6 +272,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
@@ -313,7 +376,8 @@ def _test_preset() -> ExperimentConfig:
         data=DataConfig(max_digits=300, contamination=0.3),
         model=ModelConfig(block_out_channels=(8, 16), norm_num_groups=4),
         pretrain=PretrainConfig(train_steps=40, train_batch_size=16, train_lr=1e-3, checkpoint_every=20),
-        unlearn=UnlearnConfig(horizon=8, batch_size=8, render_ddim_steps=4),
+        unlearn=UnlearnConfig(horizon=8, batch_size=8, render_ddim_steps=4, probe_size=8),
+        reward=RewardConfig(terminal_forget_samples=4, terminal_retain_samples=1, terminal_sampler_steps=2),
     )
 
 

@@ -10,11 +10,12 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from unlearn_env import siss
+from unlearn_env import probes, rewards, siss
 from unlearn_env.config import ExperimentConfig, RetainSource, UnlearnConfig, get_config
 from unlearn_env.data import UnlearningData, build_unlearning_data, to_uint8
 from unlearn_env.diffusion import build_scheduler, ddim_sample, image_grid, noise_coefficients, sampling_noise
 from unlearn_env.pretrain import load_base_unet
+from unlearn_env.rewards import ProbeLosses, TerminalScore
 
 OBS_NAMES: tuple[str, ...] = (
     "loss_retain",
@@ -24,7 +25,9 @@ OBS_NAMES: tuple[str, ...] = (
     "prev_lambda",
     "time_fraction",
 )
-"""Names of the observation entries, in order."""
+"""Names of the observation entries, in order (``observation="paper"``)."""
+EXTENDED_OBS_NAMES: tuple[str, ...] = (*OBS_NAMES, "probe_loss_retain", "probe_loss_forget")
+"""Names of the observation entries with ``observation="extended"``."""
 
 
 # The per-step bookkeeping below is shared by :class:`UnlearningEnv` and the batched
@@ -62,18 +65,33 @@ def gradient_error(
 
 
 def make_spaces(cfg: UnlearnConfig) -> tuple[spaces.Box, spaces.Box]:
-    """The action space (lambda itself) and the 6-float observation space of one environment."""
+    """The action space (lambda itself) and the observation space (6 or 8 floats) of one environment."""
     action_space = spaces.Box(cfg.lambda_min, cfg.lambda_max, shape=(1,), dtype=np.float32)
-    high = np.array([cfg.obs_limit] * 4 + [cfg.lambda_max, 1.0], dtype=np.float32)
-    low = np.array([0.0] * 4 + [cfg.lambda_min, 0.0], dtype=np.float32)
-    return action_space, spaces.Box(low, high, dtype=np.float32)
+    high = [cfg.obs_limit] * 4 + [cfg.lambda_max, 1.0]
+    low = [0.0] * 4 + [cfg.lambda_min, 0.0]
+    if cfg.observation == "extended":
+        high, low = high + [cfg.obs_limit] * 2, low + [0.0] * 2
+    return action_space, spaces.Box(np.array(low, dtype=np.float32), np.array(high, dtype=np.float32), dtype=np.float32)
 
 
-def retain_pool(data: UnlearningData, source: RetainSource) -> tuple[Tensor, Tensor]:
-    """Images and labels that x is drawn from: the retain set X\\A, or all of X."""
-    if source == "retain":
-        return data.retain_images, data.retain_labels
-    return data.all_images(), data.all_labels()
+def split_pools(data: UnlearningData, cfg: UnlearnConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(update images, update labels, probe images, probe labels)``.
+
+    The retain probe pool (``probe_holdout`` of X\\A, stratified, fixed by the data) is never drawn by
+    an update; the updates draw x from the rest of X\\A (``retain_source="retain"``, as the official
+    code) or from the rest of X (``"all"``).
+    """
+    held = probes.holdout_mask(data.retain_labels, cfg.probe_holdout, cfg.probe_size)
+    update_images, update_labels = data.retain_images[~held], data.retain_labels[~held]
+    if cfg.retain_source == "all":
+        update_images = torch.cat([update_images, data.forget_images])
+        update_labels = torch.cat([update_labels, data.forget_labels])
+    return update_images, update_labels, data.retain_images[held], data.retain_labels[held]
+
+
+def episode_seeds(np_random: np.random.Generator) -> tuple[int, int]:
+    """Seeds of an episode's minibatch generator and of its probe generator, drawn from the reset's RNG."""
+    return int(np_random.integers(2**63 - 1)), int(np_random.integers(2**63 - 1))
 
 
 def check_action(action: np.ndarray | float, low: float, high: float) -> tuple[float, bool]:
@@ -88,65 +106,86 @@ def check_action(action: np.ndarray | float, low: float, high: float) -> tuple[f
     return clipped, clipped != value
 
 
-def build_observation(values: np.ndarray, prev_lambda: float, time_fraction: float, space: spaces.Box) -> np.ndarray:
-    """The state: the four measured scalars, lambda_{t-1} and t/T, clipped to the bounds of ``space``."""
-    obs = np.array([*values, prev_lambda, time_fraction], dtype=np.float32)
-    return np.clip(obs, space.low, space.high)
+def build_observation(
+    values: np.ndarray, prev_lambda: float, time_fraction: float, probe: ProbeLosses, cfg: UnlearnConfig,
+    space: spaces.Box,
+) -> np.ndarray:
+    """The state: the four measured scalars, lambda_{t-1}, t/T (and the probe losses when extended), clipped to ``space``."""
+    entries = [*values, prev_lambda, time_fraction]
+    if cfg.observation == "extended":
+        entries += [probe.retain, probe.forget]
+    obs = np.nan_to_num(np.array(entries, dtype=np.float64), nan=cfg.obs_limit, posinf=cfg.obs_limit)
+    return np.clip(obs, space.low, space.high).astype(np.float32)
 
 
-def reset_outcome(values: np.ndarray, cfg: UnlearnConfig, space: spaces.Box) -> tuple[np.ndarray, dict[str, Any]]:
-    """First observation and info of an episode, from the scalars measured on the restored base model."""
-    if not np.all(np.isfinite(values)):
-        raise FloatingPointError(f"the base model gives non-finite losses {values}: is the checkpoint corrupted?")
-    obs = build_observation(values, cfg.lambda_init, 0.0, space)
-    return obs, {"loss_retain": float(values[0]), "loss_forget": float(values[1])}
+def reset_outcome(
+    values: np.ndarray, probe_0: ProbeLosses, cfg: UnlearnConfig, space: spaces.Box
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """First observation and info of an episode, from the scalars and probe losses measured on the base model."""
+    if not (np.all(np.isfinite(values)) and np.isfinite(probe_0.retain) and np.isfinite(probe_0.forget)):
+        raise FloatingPointError(f"the base model gives non-finite losses {values}, {probe_0}: is the checkpoint corrupted?")
+    obs = build_observation(values, cfg.lambda_init, 0.0, probe_0, cfg, space)
+    info = {"loss_retain": float(values[0]), "loss_forget": float(values[1]),
+            "probe_loss_retain": probe_0.retain, "probe_loss_forget": probe_0.forget}
+    return obs, info
 
 
 def step_outcome(
     values: np.ndarray,
+    probe: ProbeLosses,
+    probe_prev: ProbeLosses,
+    probe_0: ProbeLosses,
     lam: float,
     prev_lambda: float,
-    loss_retain_0: float,
     t: int,
     n: int,
     k: int,
-    cfg: UnlearnConfig,
+    config: ExperimentConfig,
     space: spaces.Box,
+    terminal: TerminalScore | None = None,
 ) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
     """Observation, reward, termination and info of the t-th update (t counts from 1) with the given lambda.
 
-    ``values`` are the scalars measured in the step (L_r, L_f, ||grad L_r||, ||grad L_f||). If
-    any is not finite the step diverged (``info["diverged"]``): the caller must then leave
-    the weights as they are.
+    ``values`` are the scalars measured in the step (L_r, L_f, ||grad L_r||, ||grad L_f||) on theta_t;
+    ``probe`` the probe losses of theta_{t+1}, ``probe_prev`` those of theta_t and ``probe_0`` those of
+    theta_0. If a value or a probe loss is not finite the step diverged (``info["diverged"]``). In
+    ``outcome`` mode the last step adds the ``terminal`` judge score.
     """
+    cfg, reward_cfg = config.unlearn, config.reward
     info: dict[str, Any] = {
         "lambda": lam,
         "loss_retain": float(values[0]),
         "loss_forget": float(values[1]),
         "grad_norm_retain": float(values[2]),
         "grad_norm_forget": float(values[3]),
+        "probe_loss_retain": probe.retain,
+        "probe_loss_forget": probe.forget,
         "step": t,
     }
-    if not np.all(np.isfinite(values)):
-        info.update(diverged=True, loss_siss=float("nan"), reward_terms={"crash": -cfg.crash_penalty})
-        obs = build_observation(np.nan_to_num(values, nan=cfg.obs_limit, posinf=cfg.obs_limit), lam, t / cfg.horizon, space)
-        return obs, -cfg.crash_penalty, True, info
-    loss_siss = float(siss.siss_objective(values[0], values[1], n, k, cfg.superfactor))
-    terms = {
-        "siss": -loss_siss,
-        "smoothness": -cfg.alpha * (lam - prev_lambda) ** 2,
-        "retain_safety": -cfg.kappa * max(0.0, float(values[0]) - loss_retain_0),
-    }
+    if not (np.all(np.isfinite(values)) and np.isfinite(probe.retain) and np.isfinite(probe.forget)):
+        info.update(diverged=True, loss_siss=float("nan"), reward_terms={rewards.CRASH_TERM: -reward_cfg.crash_penalty})
+        obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space)
+        return obs, -reward_cfg.crash_penalty, True, info
+    loss_siss = float(siss.siss_objective(probe.retain, probe.forget, n, k, cfg.superfactor))
+    if reward_cfg.reward == "paper":
+        terms = rewards.paper_terms(probe, probe_0, lam, prev_lambda, n, k, cfg.superfactor, reward_cfg)
+    else:
+        terms = rewards.outcome_terms(probe, probe_prev, probe_0, lam, prev_lambda, reward_cfg)
+        if terminal is not None:
+            terms.update(rewards.terminal_terms(terminal, reward_cfg))
+            info.update(terminal_concept_rate=terminal.concept_rate, terminal_digit_share=terminal.digit_share,
+                        terminal_retain_accuracy=terminal.retain_accuracy)
     info.update(diverged=False, loss_siss=loss_siss, reward_terms=terms)
-    return build_observation(values, lam, t / cfg.horizon, space), float(sum(terms.values())), t >= cfg.horizon, info
+    obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space)
+    return obs, float(sum(terms.values())), t >= cfg.horizon, info
 
 
 class UnlearningEnv(gym.Env):
     """One step applies one SISS unlearning update, with mixing weight lambda, to a diffusion model.
 
     The environment holds a class-conditional DDPM (a diffusers ``UNet2DModel``) pretrained
-    on augmented MNIST, whose forget label was contaminated with trousers, and an AdamW
-    optimiser over its weights. An episode unlearns from the base model for ``horizon``
+    on augmented MNIST, whose forget label was contaminated with a Fashion-MNIST class, and an
+    AdamW optimiser over its weights. An episode unlearns from the base model for ``horizon``
     (T) updates; the agent picks lambda for each (SPEC §5).
 
     ## Action space
@@ -158,36 +197,45 @@ class UnlearningEnv(gym.Env):
 
     ## Observation space
 
-    ``Box(6,)`` float32, entries clipped to finite bounds:
+    ``Box(6,)`` float32 (``observation="paper"``) or ``Box(8,)`` (``"extended"``), entries clipped
+    to finite bounds:
 
-    | index | entry                 | range                   |
-    |-------|-----------------------|-------------------------|
-    | 0     | L_r (retain loss)     | [0, obs_limit]          |
-    | 1     | L_f (forget loss)     | [0, obs_limit]          |
-    | 2     | norm of grad L_r      | [0, obs_limit]          |
-    | 3     | norm of grad L_f      | [0, obs_limit]          |
-    | 4     | lambda_{t-1}          | [lambda_min, lambda_max]|
-    | 5     | t / T                 | [0, 1]                  |
+    | index | entry                               | range                    |
+    |-------|-------------------------------------|--------------------------|
+    | 0     | L_r (retain loss, minibatch)        | [0, obs_limit]           |
+    | 1     | L_f (forget loss, minibatch)        | [0, obs_limit]           |
+    | 2     | norm of grad L_r                    | [0, obs_limit]           |
+    | 3     | norm of grad L_f                    | [0, obs_limit]           |
+    | 4     | lambda_{t-1}                        | [lambda_min, lambda_max] |
+    | 5     | t / T                               | [0, 1]                   |
+    | 6     | probe retain loss of theta_{t+1}    | [0, obs_limit] (extended)|
+    | 7     | probe forget loss of theta_{t+1}    | [0, obs_limit] (extended)|
 
-    Entries 0-3 are measured in the step's forward pass (before its update); the first
-    observation is measured on the restored base model with lambda_{-1} = ``lambda_init``.
+    Entries 0-3 are measured in the step's forward pass, on theta_t before its update (the
+    paper's state: one update old); entries 6-7 on the model after it. The first observation is
+    measured on the restored base model with lambda_{-1} = ``lambda_init``.
 
     ## Reward
 
-    ``R_t = -L_SISS(theta_t; lambda_t) - alpha (lambda_t - lambda_{t-1})^2 - kappa max(0, L_r,t - L_r,0)``
-    with L_SISS = n/(n-k) L_r - (1+s) k/(n-k) L_f (the paper's objective, also in the
-    ``rescale`` update mode). ``info["reward_terms"]`` holds the three terms, which sum to
-    the reward.
+    Measured after the update, on the episode's fixed probe set (:mod:`unlearn_env.probes`):
+    ``reward="paper"`` gives SPEC §5's ``-L_SISS(theta_{t+1}) - alpha (dlambda)^2 - kappa
+    max(0, L_r(theta_{t+1}) - L_r(theta_0))``; ``reward="outcome"`` a potential-based shaping
+    toward forgetting with the retain loss held down, plus the judge's score of the final
+    model at t = T (:mod:`unlearn_env.rewards`). ``info["reward_terms"]`` holds the terms, which
+    sum to the reward; ``info["probe_loss_retain"]``, ``info["probe_loss_forget"]`` the probe
+    losses of theta_{t+1} (of theta_0 after reset).
 
     ## Episode end
 
     * terminated after T updates: t/T is part of the state, so the end is a true terminal;
-    * terminated on divergence: a non-finite loss or gradient leaves the weights untouched,
-      gives reward ``-crash_penalty`` and ``info["diverged"] = True``.
+    * terminated on divergence: a non-finite minibatch loss or gradient leaves the weights
+      untouched; a non-finite probe loss after the update (the weights are then not finite
+      either) ends the episode too; both give reward ``-crash_penalty`` and ``info["diverged"]``.
 
     ``reset(seed=...)`` restores the weights and optimiser state bit-exactly from an
-    in-memory copy and reseeds every random draw (batches, timesteps, noise, coins): the
-    same seed and actions give the same trajectory.
+    in-memory copy and reseeds every random draw (batches, timesteps, noise, coins, flips, the
+    probe set): the same seed and actions give the same trajectory, and every method run on a
+    seed meets the same probe set.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -210,8 +258,10 @@ class UnlearningEnv(gym.Env):
         self.n, self.k = data.n, data.k
         self.forget_class = data.forget_class
         self.forget_images, self.forget_labels = data.forget_images, data.forget_labels
-        self.retain_images, self.retain_labels = retain_pool(data, cfg.retain_source)
+        self.retain_images, self.retain_labels, self.probe_images, self.probe_labels = split_pools(data, cfg)
         self.retain_classes = sorted(set(data.retain_labels.tolist()) - {self.forget_class})
+        self.hflip_forget = self.config.pretrain.hflip_forget
+        self.update_rule = siss.UpdateRule.from_config(cfg, self.n, self.k, data.forget_images[0].numel())
 
         runtime = self.config.runtime
         self.unet = load_base_unet(self.config, self.device)
@@ -234,30 +284,47 @@ class UnlearningEnv(gym.Env):
             self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, foreach=True
         )
         self.generator = torch.Generator(device=self.device)
+        self.terminal_judge = None
+        if self.config.reward.reward == "outcome":
+            from unlearn_env.terminal import TerminalJudge
+
+            self.terminal_judge = TerminalJudge(self.config, self.retain_classes, self.device)
 
         self.action_space, self.observation_space = make_spaces(cfg)
 
         self._t = 0
         self._prev_lambda = cfg.lambda_init
-        self._loss_retain_0 = 0.0
         self._done = True
+        self._pending: siss.SISSBatch | None = None
+        self.probe_set: probes.ProbeSet | None = None
+        self._terminal_noise: Tensor | None = None
+        self._probe_0 = self._probe_now = ProbeLosses(float("nan"), float("nan"))
 
     # ------------------------------------------------------------------ Gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Restore the base model and a fresh optimiser; measure the first state on it."""
+        """Restore the base model and a fresh optimiser, draw the episode's probe set, measure the first state."""
         super().reset(seed=seed)
-        self.generator.manual_seed(int(self.np_random.integers(2**63 - 1)))
+        batch_seed, probe_seed = episode_seeds(self.np_random)
+        self.generator.manual_seed(batch_seed)
+        probe_generator = torch.Generator().manual_seed(probe_seed)
         with torch.no_grad():
             torch._foreach_copy_(self._live_tensors, self._base_tensors)
         self.optimizer.state.clear()
         self._t = 0
         self._prev_lambda = self.config.unlearn.lambda_init
         self._done = False
+        self._pending = None
+        self.probe_set = probes.draw_probe_set(
+            self.probe_images, self.probe_labels, self.forget_images, self.forget_labels,
+            self.config.unlearn.probe_size, self.config.model.num_train_timesteps, self.hflip_forget, probe_generator,
+        )
+        if self.terminal_judge is not None:
+            self._terminal_noise = self.terminal_judge.draw_noise(probe_generator)
         lam = torch.tensor(self._prev_lambda, device=self.device)
         m = self._measure(lam)
-        obs, info = reset_outcome(self._scalars(m), self.config.unlearn, self.observation_space)
-        self._loss_retain_0 = info["loss_retain"]
+        self._probe_0 = self._probe_now = self._probe_losses()
+        obs, info = reset_outcome(self._scalars(m), self._probe_0, self.config.unlearn, self.observation_space)
         return obs, info
 
     def step(self, action: np.ndarray | float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -281,6 +348,17 @@ class UnlearningEnv(gym.Env):
         if not np.isfinite(value) or not low <= value <= high:
             raise ValueError(f"lambda must be finite and within [{low}, {high}], got {value}")
         return self._advance(lam.to(self.device), value)
+
+    def pending_batch(self) -> siss.SISSBatch:
+        """The minibatch the next step will use (drawn now if need be; drawing it early changes nothing).
+
+        A method that chooses lambda for the current minibatch (the ``neyman`` baseline) reads it here.
+        """
+        if self._done:
+            raise RuntimeError("the episode is over (or never started): call reset() first")
+        if self._pending is None:
+            self._pending = self._draw_batch()
+        return self._pending
 
     def render(self) -> np.ndarray | None:
         """An RGB grid of the current model's DDIM samples: rows are the forget label, then retain labels."""
@@ -306,6 +384,7 @@ class UnlearningEnv(gym.Env):
             self.config.unlearn.batch_size,
             self.config.model.num_train_timesteps,
             generator or self.generator,
+            self.hflip_forget,
         )
 
     def _autocast(self) -> torch.autocast:
@@ -313,10 +392,21 @@ class UnlearningEnv(gym.Env):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
     def _measure(self, lam: Tensor) -> siss.SISSMeasurement:
-        """SISS forward and backward passes on a fresh minibatch, under the runtime's precision."""
-        batch = self._draw_batch()
+        """SISS forward and backward passes on the step's minibatch, under the runtime's precision."""
+        batch = self._pending if self._pending is not None else self._draw_batch()
+        self._pending = None
         with self._autocast():
             return siss.measure(self._model, self.params, batch, lam, self.gamma, self.sigma)
+
+    def _probe_tensor(self) -> Tensor:
+        """Probe losses (retain, forget) of the current weights, on the device."""
+        assert self.probe_set is not None, "reset() draws the probe set"
+        with self._autocast():
+            return probes.probe_losses(self._model, self.probe_set, self.gamma, self.sigma)
+
+    def _probe_losses(self) -> ProbeLosses:
+        values = self._probe_tensor().double().cpu().numpy()
+        return ProbeLosses(float(values[0]), float(values[1]))
 
     def _check_compiled(self) -> None:
         """Refuse a compiled UNet whose gradients differ from eager mode on one minibatch."""
@@ -345,12 +435,31 @@ class UnlearningEnv(gym.Env):
         values = self._scalars(m)
         loss_siss_lam = siss.siss_objective(m.loss_retain_lam, m.loss_forget_lam, self.n, self.k, cfg.superfactor)
         self._t += 1
+        extra: dict[str, Any] = {}
+        probe = ProbeLosses(float("nan"), float("nan"))
+        if np.all(np.isfinite(values)):
+            coef_r, coef_f = self.update_rule.coefficients(m.norm_forget)
+            norm = siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f,
+                                     self.update_rule.max_grad_norm)
+            after = torch.cat([self._probe_tensor(), norm.reshape(1)]).double().cpu().numpy()
+            probe = ProbeLosses(float(after[0]), float(after[1]))
+            extra = update_info(float(after[2]), self.update_rule)
+        terminal = None
+        if (self.terminal_judge is not None and self._t >= cfg.horizon
+                and np.isfinite(probe.retain) and np.isfinite(probe.forget)):
+            terminal = self.terminal_judge.score(self.unet, self.scheduler, self._terminal_noise)
         obs, reward, terminated, info = step_outcome(
-            values, lam_value, self._prev_lambda, self._loss_retain_0, self._t, self.n, self.k, cfg, self.observation_space
+            values, probe, self._probe_now, self._probe_0, lam_value, self._prev_lambda, self._t, self.n, self.k,
+            self.config, self.observation_space, terminal,
         )
+        info.update(extra)
         self._done = terminated
         if not info["diverged"]:
-            coef_r, coef_f = siss.update_coefficients(cfg.mode, m.norm_forget, self.n, self.k, cfg.superfactor, cfg.rescale_norm)
-            siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f, cfg.max_grad_norm)
             self._prev_lambda = lam_value
+            self._probe_now = probe
         return obs, reward, terminated, False, info, loss_siss_lam
+
+
+def update_info(norm: float, rule: siss.UpdateRule) -> dict[str, Any]:
+    """``update_norm`` (the combined direction's norm before the clip, in the config's pixel-sum units) and ``clipped``."""
+    return {"update_norm": norm * rule.pixels, "clipped": rule.max_grad_norm is not None and norm > rule.max_grad_norm}

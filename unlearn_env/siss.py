@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from unlearn_env.config import SISSMode
+from unlearn_env.config import SISSMode, UnlearnConfig
 
 
 @dataclass
@@ -60,8 +60,14 @@ def draw_batch(
     batch_size: int,
     num_timesteps: int,
     generator: torch.Generator,
+    hflip_forget: bool = False,
 ) -> SISSBatch:
-    """Draw B retain and B forget samples (with replacement), timesteps, noise and coins."""
+    """Draw B retain and B forget samples (with replacement), timesteps, noise and coins.
+
+    With ``hflip_forget`` each forget sample is mirrored with probability 1/2, as the base model's
+    pretraining augments them (``PretrainConfig.hflip_forget``): the model learned the mirror
+    images too, so they are part of what must be forgotten. Digits are never mirrored.
+    """
     device = retain_images.device
     ix = torch.randint(len(retain_images), (batch_size,), generator=generator, device=device)
     ia = torch.randint(len(forget_images), (batch_size,), generator=generator, device=device)
@@ -70,7 +76,11 @@ def draw_batch(
         (batch_size, *retain_images.shape[1:]), generator=generator, device=device, dtype=retain_images.dtype
     )
     coin = torch.rand(batch_size, generator=generator, device=device)
-    return SISSBatch(retain_images[ix], retain_labels[ix], forget_images[ia], forget_labels[ia], timesteps, noise, coin)
+    a = forget_images[ia]
+    if hflip_forget:
+        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        a = torch.where(_per_sample(flip, a), a.flip(-1), a)
+    return SISSBatch(retain_images[ix], retain_labels[ix], a, forget_labels[ia], timesteps, noise, coin)
 
 
 def _per_sample(t: Tensor, like: Tensor) -> Tensor:
@@ -135,17 +145,39 @@ def weights_coefficients(n: int, k: int, superfactor: float) -> tuple[float, flo
     return n / (n - k), (1.0 + superfactor) * k / (n - k)
 
 
-def update_coefficients(
-    mode: SISSMode, norm_forget: Tensor, n: int, k: int, superfactor: float, rescale_norm: float
-) -> tuple[Tensor | float, Tensor | float]:
-    """(c_r, c_f) such that the update direction is c_r * grad L_r - c_f * grad L_f.
+@dataclass(frozen=True)
+class UpdateRule:
+    """How the two gradients become one update: SPEC §3's combination rule and the gradient clip.
 
-    ``weights``: the paper's constants. ``rescale``: the official code's rule, which scales
-    the forget gradient to norm ``rescale_norm`` (c_r = 1, c_f = c / ||grad L_f||).
+    ``rescale_norm`` and ``max_grad_norm`` are per-pixel values (our losses are means over
+    pixels); :meth:`from_config` converts the config's pixel-sum values (the official code's
+    units) by dividing by the number of pixels.
     """
-    if mode == "weights":
-        return weights_coefficients(n, k, superfactor)
-    return 1.0, rescale_norm / norm_forget.clamp_min(1e-12)
+
+    mode: SISSMode
+    n: int
+    k: int
+    superfactor: float
+    rescale_norm: float
+    max_grad_norm: float | None
+    pixels: int = 1
+    """Values per image: per-pixel norms times this are in the config's (official) pixel-sum units."""
+
+    @classmethod
+    def from_config(cls, cfg: UnlearnConfig, n: int, k: int, pixels: int) -> UpdateRule:
+        """The rule of ``cfg`` for a dataset of n images with k to forget, on images of ``pixels`` values."""
+        clip = None if cfg.max_grad_norm is None or not math.isfinite(cfg.max_grad_norm) else cfg.max_grad_norm / pixels
+        return cls(cfg.mode, n, k, cfg.superfactor, cfg.rescale_norm / pixels, clip, pixels)
+
+    def coefficients(self, norm_forget: Tensor) -> tuple[Tensor | float, Tensor | float]:
+        """(c_r, c_f) such that the update direction is c_r * grad L_r - c_f * grad L_f.
+
+        ``weights``: the paper's constants. ``rescale``: the official code's rule, which scales
+        the forget gradient to norm ``rescale_norm`` (c_r = 1, c_f = c / ||grad L_f||).
+        """
+        if self.mode == "weights":
+            return weights_coefficients(self.n, self.k, self.superfactor)
+        return 1.0, self.rescale_norm / norm_forget.clamp_min(1e-12)
 
 
 def pair_terms(
@@ -232,13 +264,16 @@ def apply_update(
     coef_retain: Tensor | float,
     coef_forget: Tensor | float,
     max_grad_norm: float | None,
-) -> None:
-    """Set p.grad = c_r g_r - c_f g_f, clip its global norm, and take one optimizer step."""
+) -> Tensor:
+    """Set p.grad = c_r g_r - c_f g_f, clip its global norm, take one optimizer step; return the norm before the clip."""
     combined = torch._foreach_mul(grad_retain, coef_retain)
     torch._foreach_sub_(combined, torch._foreach_mul(grad_forget, coef_forget))
     for param, grad in zip(params, combined):
         param.grad = grad
-    if max_grad_norm is not None and math.isfinite(max_grad_norm):
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+    if max_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+    else:
+        norm = torch.nn.utils.get_total_norm(combined)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return norm

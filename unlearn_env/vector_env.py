@@ -18,12 +18,21 @@ from gymnasium.vector.utils import batch_space
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from unlearn_env import siss
+from unlearn_env import probes, siss
 from unlearn_env.config import ExperimentConfig, get_config
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
-from unlearn_env.env import check_action, make_spaces, reset_outcome, retain_pool, step_outcome
+from unlearn_env.env import (
+    check_action,
+    episode_seeds,
+    make_spaces,
+    reset_outcome,
+    split_pools,
+    step_outcome,
+    update_info,
+)
 from unlearn_env.pretrain import load_base_unet
+from unlearn_env.rewards import ProbeLosses, TerminalScore
 
 ForwardMode = Literal["auto", "vmap", "loop"]
 
@@ -81,8 +90,10 @@ class BatchedUnlearningEnv(VectorEnv):
 
     ## Rewards and episode end
 
-    As ``UnlearningEnv``: the rewards are those of each sub-environment; a sub-environment ends
-    after T updates or when it diverges (its weights are then left untouched, the others go on).
+    As ``UnlearningEnv``: the rewards are those of each sub-environment, measured on its own probe
+    set after its update (the N models' probe passes are one batched forward pass); a
+    sub-environment ends after T updates or when it diverges (the others go on). In ``outcome``
+    mode a sub-environment reaching T is sampled and judged on its own.
 
     ## Autoreset
 
@@ -132,8 +143,11 @@ class BatchedUnlearningEnv(VectorEnv):
         data = build_unlearning_data(self.config.data, self.config.model.image_size).to(self.device)
         self.n, self.k = data.n, data.k
         self.forget_images, self.forget_labels = data.forget_images, data.forget_labels
-        self.retain_images, self.retain_labels = retain_pool(data, cfg.retain_source)
-        self.gamma, self.sigma = noise_coefficients(build_scheduler(self.config.model), self.device)
+        self.retain_images, self.retain_labels, self.probe_images, self.probe_labels = split_pools(data, cfg)
+        self.hflip_forget = self.config.pretrain.hflip_forget
+        self.update_rule = siss.UpdateRule.from_config(cfg, self.n, self.k, data.forget_images[0].numel())
+        self.scheduler = build_scheduler(self.config.model)
+        self.gamma, self.sigma = noise_coefficients(self.scheduler, self.device)
 
         # The base model serves as the stateless template of functional_call; its own
         # weights stay the base weights.
@@ -153,6 +167,19 @@ class BatchedUnlearningEnv(VectorEnv):
 
         self._generators = [torch.Generator(device=self.device) for _ in range(num_envs)]
         self._np_randoms: list[np.random.Generator | None] = [None] * num_envs
+        self._probe_sets: list[probes.ProbeSet | None] = [None] * num_envs
+        nan = ProbeLosses(float("nan"), float("nan"))
+        self._probe_0 = [nan] * num_envs
+        self._probe_now = [nan] * num_envs
+        self.terminal_judge = None
+        self._terminal_noise: list[Tensor | None] = [None] * num_envs
+        if self.config.reward.reward == "outcome":
+            from unlearn_env.terminal import TerminalJudge
+
+            retain_classes = sorted(set(data.retain_labels.tolist()) - {data.forget_class})
+            self.terminal_judge = TerminalJudge(self.config, retain_classes, self.device)
+            # A model to load one sub-environment's weights into for sampling.
+            self._scratch = load_base_unet(self.config, self.device).eval()
 
         self.single_action_space, self.single_observation_space = make_spaces(cfg)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -161,7 +188,6 @@ class BatchedUnlearningEnv(VectorEnv):
         self._obs = np.zeros(self.observation_space.shape, dtype=np.float32)
         self._t = np.zeros(num_envs, dtype=np.int64)
         self._prev_lambda = np.full(num_envs, cfg.lambda_init)
-        self._loss_retain_0 = np.zeros(num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._started = False
 
@@ -187,10 +213,12 @@ class BatchedUnlearningEnv(VectorEnv):
             self._reseed(i, seeds[i])
         self._restore(ids)
         values, *_ = self._measure(ids, np.full(len(ids), self.config.unlearn.lambda_init))
+        probe_0 = self._probe(ids)
         infos: dict[str, Any] = {}
         for row, i in enumerate(ids):
-            self._obs[i], info = reset_outcome(values[row], self.config.unlearn, self.single_observation_space)
-            self._loss_retain_0[i] = info["loss_retain"]
+            self._probe_0[i] = self._probe_now[i] = probe_0[row]
+            self._obs[i], info = reset_outcome(values[row], probe_0[row], self.config.unlearn,
+                                               self.single_observation_space)
             infos = self._add_info(infos, info, i)
         self._autoreset[ids] = False
         self._started = True
@@ -218,29 +246,38 @@ class BatchedUnlearningEnv(VectorEnv):
         ids = np.arange(self.num_envs)
         values, grad_r, grad_f, norm_f = self._measure(ids, lams)
 
+        # Sub-environments that reset take no update; the others update unless their minibatch diverged.
+        stepping = ~resetting
+        updating = stepping & np.all(np.isfinite(values), axis=1)
+        rows = np.flatnonzero(updating)
+        index = torch.as_tensor(rows, device=self.device)
+        norms = self._update(rows, grad_r[index], grad_f[index], norm_f[index])
+        probed = np.flatnonzero(updating | resetting)
+        after = dict(zip(probed.tolist(), self._probe(probed)))
+        nan = ProbeLosses(float("nan"), float("nan"))
+
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
-        updated = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
         for i in ids:
             if resetting[i]:
-                self._obs[i], info = reset_outcome(values[i], cfg, self.single_observation_space)
-                self._loss_retain_0[i] = info["loss_retain"]
+                self._probe_0[i] = self._probe_now[i] = after[i]
+                self._obs[i], info = reset_outcome(values[i], after[i], cfg, self.single_observation_space)
             else:
                 self._t[i] += 1
+                probe = after.get(i, nan)
                 self._obs[i], rewards[i], terminated[i], info = step_outcome(
-                    values[i], float(lams[i]), float(self._prev_lambda[i]), float(self._loss_retain_0[i]),
-                    int(self._t[i]), self.n, self.k, cfg, self.single_observation_space,
+                    values[i], probe, self._probe_now[i], self._probe_0[i], float(lams[i]),
+                    float(self._prev_lambda[i]), int(self._t[i]), self.n, self.k, self.config,
+                    self.single_observation_space, self._terminal_score(i, probe),
                 )
                 info["action_clipped"] = bool(clipped[i])
-                updated[i] = not info["diverged"]
+                if updating[i]:
+                    info.update(update_info(float(norms[np.searchsorted(rows, i)]), self.update_rule))
+                if not info["diverged"]:
+                    self._prev_lambda[i] = lams[i]
+                    self._probe_now[i] = probe
             infos = self._add_info(infos, info, i)
-        self._prev_lambda[updated] = lams[updated]
-        rows = np.flatnonzero(updated)
-        if len(rows) < self.num_envs:
-            index = torch.as_tensor(rows, device=self.device)
-            grad_r, grad_f, norm_f = grad_r[index], grad_f[index], norm_f[index]
-        self._update(rows, grad_r, grad_f, norm_f)
         self._autoreset = terminated.copy()
         truncated = np.zeros(self.num_envs, dtype=bool)
         return self._obs.copy(), rewards, terminated, truncated, infos
@@ -271,10 +308,41 @@ class BatchedUnlearningEnv(VectorEnv):
         return mask
 
     def _reseed(self, i: int, seed: int | None) -> None:
-        """Seed sub-environment i's generator exactly as ``UnlearningEnv.reset(seed=seed)`` does its own."""
+        """Seed sub-environment i's generators and draw its probe set exactly as ``UnlearningEnv.reset`` does."""
         if seed is not None or self._np_randoms[i] is None:
             self._np_randoms[i], _ = seeding.np_random(seed)
-        self._generators[i].manual_seed(int(self._np_randoms[i].integers(2**63 - 1)))
+        batch_seed, probe_seed = episode_seeds(self._np_randoms[i])
+        self._generators[i].manual_seed(batch_seed)
+        probe_generator = torch.Generator().manual_seed(probe_seed)
+        cfg = self.config.unlearn
+        self._probe_sets[i] = probes.draw_probe_set(
+            self.probe_images, self.probe_labels, self.forget_images, self.forget_labels, cfg.probe_size,
+            self.config.model.num_train_timesteps, self.hflip_forget, probe_generator,
+        )
+        if self.terminal_judge is not None:
+            self._terminal_noise[i] = self.terminal_judge.draw_noise(probe_generator)
+
+    def _terminal_score(self, i: int, probe: ProbeLosses) -> TerminalScore | None:
+        """The judge's score of sub-environment i's model when its episode ends this step (``outcome`` mode)."""
+        if (self.terminal_judge is None or self._t[i] < self.config.unlearn.horizon
+                or not np.isfinite([probe.retain, probe.forget]).all()):
+            return None
+        self._scratch.load_state_dict(self.model_state(i), strict=False)
+        return self.terminal_judge.score(self._scratch, self.scheduler, self._terminal_noise[i])
+
+    @torch.no_grad()
+    def _probe(self, ids: np.ndarray) -> list[ProbeLosses]:
+        """Probe losses of the current weights of the sub-environments ``ids``: one batched forward pass."""
+        if len(ids) == 0:
+            return []
+        sets = [self._probe_sets[i] for i in ids]
+        inputs = torch.stack([probes.noisy_inputs(p, self.gamma, self.sigma) for p in sets])
+        theta = self._theta[torch.as_tensor(ids, device=self.device)]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16):
+            eps = self._forward(self._split(theta), inputs, torch.stack([p.timesteps for p in sets]),
+                                torch.stack([p.labels for p in sets]))
+        values = torch.stack([probes.loss_pair(e, p) for e, p in zip(eps, sets)]).double().cpu().numpy()
+        return [ProbeLosses(float(r), float(f)) for r, f in values]
 
     def _restore(self, ids: np.ndarray) -> None:
         """Base weights and a fresh optimiser for the sub-environments ``ids``; their clocks restart."""
@@ -317,7 +385,7 @@ class BatchedUnlearningEnv(VectorEnv):
         # Each sub-environment draws from its own generator, in the order UnlearningEnv does.
         draws = [
             siss.draw_batch(self.retain_images, self.retain_labels, self.forget_images, self.forget_labels,
-                            size, self.config.model.num_train_timesteps, self._generators[i])
+                            size, self.config.model.num_train_timesteps, self._generators[i], self.hflip_forget)
             for i in ids
         ]
         fields = [f.name for f in dataclasses.fields(siss.SISSBatch)]
@@ -346,20 +414,22 @@ class BatchedUnlearningEnv(VectorEnv):
         return scalars.double().cpu().numpy(), grad_r, grad_f, norm_f
 
     @torch.no_grad()
-    def _update(self, ids: np.ndarray, grad_r: Tensor, grad_f: Tensor, norm_f: Tensor) -> None:
+    def _update(self, ids: np.ndarray, grad_r: Tensor, grad_f: Tensor, norm_f: Tensor) -> np.ndarray:
         """The SISS update of the sub-environments ``ids``: ``siss.apply_update`` row by row, in one go.
 
         Direction c_r g_r - c_f g_f with each row's coefficients, each row's norm clipped to
-        ``max_grad_norm``, then torch.optim.AdamW's arithmetic with each row's step count.
+        the rule's ``max_grad_norm``, then torch.optim.AdamW's arithmetic with each row's step
+        count. Returns each row's direction norm before the clip.
         """
         if len(ids) == 0:
-            return
+            return np.zeros(0)
         cfg = self.config.unlearn
-        coef_r, coef_f = siss.update_coefficients(cfg.mode, norm_f, self.n, self.k, cfg.superfactor, cfg.rescale_norm)
+        coef_r, coef_f = self.update_rule.coefficients(norm_f)
         direction = grad_r * _column(coef_r, grad_r) - grad_f * _column(coef_f, grad_f)
-        if cfg.max_grad_norm is not None and np.isfinite(cfg.max_grad_norm):
-            norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
-            direction *= (cfg.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
+        norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
+        clip = self.update_rule.max_grad_norm
+        if clip is not None:
+            direction *= (clip / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
 
         full = len(ids) == self.num_envs
         index = torch.as_tensor(ids, device=self.device)
@@ -378,6 +448,7 @@ class BatchedUnlearningEnv(VectorEnv):
         theta.addcdiv_(step_size * exp_avg, denom)
         if not full:
             self._theta[index], self._exp_avg[index], self._exp_avg_sq[index] = theta, exp_avg, exp_avg_sq
+        return norm.reshape(-1).double().cpu().numpy()
 
 
 def _column(values: Tensor | np.ndarray | float, like: Tensor) -> Tensor:
