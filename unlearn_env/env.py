@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -92,6 +94,31 @@ def split_pools(data: UnlearningData, cfg: UnlearnConfig) -> tuple[Tensor, Tenso
 def episode_seeds(np_random: np.random.Generator) -> tuple[int, int]:
     """Seeds of an episode's minibatch generator and of its probe generator, drawn from the reset's RNG."""
     return int(np_random.integers(2**63 - 1)), int(np_random.integers(2**63 - 1))
+
+
+@dataclass
+class Update:
+    """What one step's update rule computed from the step's minibatch, for :meth:`UnlearningEnv.step_update`.
+
+    ``direction`` is the update direction before the gradient clip (one tensor per parameter);
+    ``values`` are the four observation scalars ``(L_r, L_f, ||grad L_r||, ||grad L_f||)`` of the
+    rule's own losses (a non-finite one marks the step diverged); ``lam`` is the SISS mixing
+    weight used (``None`` for a rule without one: no smoothness penalty then); ``scalars`` are
+    further per-step values to log (tensors, fetched with the rest in one transfer).
+    """
+
+    direction: list[Tensor]
+    values: Tensor
+    lam: float | None = None
+    scalars: dict[str, Tensor] = field(default_factory=dict)
+
+
+def siss_update(measurement: siss.SISSMeasurement, rule: siss.UpdateRule, lam: float) -> Update:
+    """The SISS update of SPEC §3 from one measurement: c_r grad L_r - c_f grad L_f (before the clip)."""
+    m = measurement
+    coef_r, coef_f = rule.coefficients(m.norm_forget)
+    values = torch.stack([m.loss_retain, m.loss_forget, m.norm_retain, m.norm_forget])
+    return Update(siss.combine(m.grad_retain, m.grad_forget, coef_r, coef_f), values, lam)
 
 
 def check_action(action: np.ndarray | float, low: float, high: float) -> tuple[float, bool]:
@@ -332,7 +359,7 @@ class UnlearningEnv(gym.Env):
         cfg = self.config.unlearn
         lam_value, clipped = check_action(action, cfg.lambda_min, cfg.lambda_max)
         lam = torch.tensor(lam_value, device=self.device, dtype=torch.float32)
-        obs, reward, terminated, truncated, info, _ = self._advance(lam, lam_value)
+        obs, reward, terminated, truncated, info = self.step_update(self._siss_rule(lam, lam_value))
         info["action_clipped"] = clipped
         return obs, reward, terminated, truncated, info
 
@@ -347,7 +374,24 @@ class UnlearningEnv(gym.Env):
         low, high = self.config.unlearn.lambda_min, self.config.unlearn.lambda_max
         if not np.isfinite(value) or not low <= value <= high:
             raise ValueError(f"lambda must be finite and within [{low}, {high}], got {value}")
-        return self._advance(lam.to(self.device), value)
+        objective: list[Tensor] = []
+        rule = self._siss_rule(lam.to(self.device), value, objective)
+        return (*self.step_update(rule), objective[0])
+
+    def step_update(self, compute: Callable[[siss.SISSBatch], Update]) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step with a caller's update rule: the shared loop of every unlearning method.
+
+        The env hands ``compute`` the step's minibatch (the same stream of minibatches for every
+        method of a seed); ``compute`` returns an :class:`Update`. Unless its values are not
+        finite, the env clips the direction (``max_grad_norm``), takes the AdamW step, measures
+        the probe losses of the new weights and returns the observation, reward and info of a
+        SISS step (:meth:`step` is this with the SISS rule). A rule with ``lam=None`` is charged
+        no smoothness penalty.
+        """
+        if self._done:
+            raise RuntimeError("the episode is over (or never started): call reset() before step()")
+        update = compute(self._take_batch())
+        return self._advance(update)
 
     def pending_batch(self) -> siss.SISSBatch:
         """The minibatch the next step will use (drawn now if need be; drawing it early changes nothing).
@@ -391,12 +435,30 @@ class UnlearningEnv(gym.Env):
         """The runtime's precision for the UNet's passes: bf16 autocast, or a no-op."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._bf16)
 
-    def _measure(self, lam: Tensor) -> siss.SISSMeasurement:
-        """SISS forward and backward passes on the step's minibatch, under the runtime's precision."""
+    def _take_batch(self) -> siss.SISSBatch:
+        """The step's minibatch: the pending one if :meth:`pending_batch` drew it, else a fresh draw."""
         batch = self._pending if self._pending is not None else self._draw_batch()
         self._pending = None
+        return batch
+
+    def _measure(self, lam: Tensor, batch: siss.SISSBatch | None = None) -> siss.SISSMeasurement:
+        """SISS forward and backward passes on a minibatch (by default a fresh one), under the runtime's precision."""
         with self._autocast():
-            return siss.measure(self._model, self.params, batch, lam, self.gamma, self.sigma)
+            return siss.measure(self._model, self.params, batch or self._take_batch(), lam, self.gamma, self.sigma)
+
+    def _siss_rule(
+        self, lam: Tensor, lam_value: float, objective: list[Tensor] | None = None
+    ) -> Callable[[siss.SISSBatch], Update]:
+        """The SISS update rule with ``lam``; with ``objective``, L_SISS(theta_t; lambda) (differentiable in lambda) is appended to it."""
+
+        def compute(batch: siss.SISSBatch) -> Update:
+            m = self._measure(lam, batch)
+            if objective is not None:
+                objective.append(siss.siss_objective(m.loss_retain_lam, m.loss_forget_lam, self.n, self.k,
+                                                     self.config.unlearn.superfactor))
+            return siss_update(m, self.update_rule, lam_value)
+
+        return compute
 
     def _probe_tensor(self) -> Tensor:
         """Probe losses (retain, forget) of the current weights, on the device."""
@@ -426,38 +488,35 @@ class UnlearningEnv(gym.Env):
         """The four measured state entries, gathered in one device-to-host transfer."""
         return torch.stack([m.loss_retain, m.loss_forget, m.norm_retain, m.norm_forget]).double().cpu().numpy()
 
-    def _advance(self, lam: Tensor, lam_value: float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any], Tensor]:
-        """One SISS update with ``lam`` (``lam_value`` is its value on the host, so no device sync is needed)."""
-        if self._done:
-            raise RuntimeError("the episode is over (or never started): call reset() before step()")
+    def _advance(self, update: Update) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Check, clip and apply ``update``, probe the new weights, and score the step."""
         cfg = self.config.unlearn
-        m = self._measure(lam)
-        values = self._scalars(m)
-        loss_siss_lam = siss.siss_objective(m.loss_retain_lam, m.loss_forget_lam, self.n, self.k, cfg.superfactor)
+        values = update.values.double().cpu().numpy()
         self._t += 1
         extra: dict[str, Any] = {}
         probe = ProbeLosses(float("nan"), float("nan"))
         if np.all(np.isfinite(values)):
-            coef_r, coef_f = self.update_rule.coefficients(m.norm_forget)
-            norm = siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f,
-                                     self.update_rule.max_grad_norm)
-            after = torch.cat([self._probe_tensor(), norm.reshape(1)]).double().cpu().numpy()
+            norm = siss.apply_direction(self.optimizer, self.params, update.direction, self.update_rule.max_grad_norm)
+            names = list(update.scalars)
+            after = torch.stack([*self._probe_tensor(), norm, *(update.scalars[k].float() for k in names)])
+            after = after.double().cpu().numpy()
             probe = ProbeLosses(float(after[0]), float(after[1]))
-            extra = update_info(float(after[2]), self.update_rule)
+            extra = {**update_info(float(after[2]), self.update_rule), **dict(zip(names, map(float, after[3:])))}
         terminal = None
         if (self.terminal_judge is not None and self._t >= cfg.horizon
                 and np.isfinite(probe.retain) and np.isfinite(probe.forget)):
             terminal = self.terminal_judge.score(self.unet, self.scheduler, self._terminal_noise)
+        lam = self._prev_lambda if update.lam is None else update.lam
         obs, reward, terminated, info = step_outcome(
-            values, probe, self._probe_now, self._probe_0, lam_value, self._prev_lambda, self._t, self.n, self.k,
+            values, probe, self._probe_now, self._probe_0, lam, self._prev_lambda, self._t, self.n, self.k,
             self.config, self.observation_space, terminal,
         )
         info.update(extra)
         self._done = terminated
         if not info["diverged"]:
-            self._prev_lambda = lam_value
+            self._prev_lambda = lam
             self._probe_now = probe
-        return obs, reward, terminated, False, info, loss_siss_lam
+        return obs, reward, terminated, False, info
 
 
 def update_info(norm: float, rule: siss.UpdateRule) -> dict[str, Any]:

@@ -265,15 +265,30 @@ def apply_update(
     coef_forget: Tensor | float,
     max_grad_norm: float | None,
 ) -> Tensor:
-    """Set p.grad = c_r g_r - c_f g_f, clip its global norm, take one optimizer step; return the norm before the clip."""
-    combined = torch._foreach_mul(grad_retain, coef_retain)
-    torch._foreach_sub_(combined, torch._foreach_mul(grad_forget, coef_forget))
-    for param, grad in zip(params, combined):
+    """Step along c_r g_r - c_f g_f (clipped); return the direction's norm before the clip."""
+    return apply_direction(optimizer, params, combine(grad_retain, grad_forget, coef_retain, coef_forget),
+                           max_grad_norm)
+
+
+def combine(
+    grad_retain: list[Tensor], grad_forget: list[Tensor], coef_retain: Tensor | float, coef_forget: Tensor | float
+) -> list[Tensor]:
+    """The update direction c_r g_r - c_f g_f, one tensor per parameter."""
+    direction = torch._foreach_mul(grad_retain, coef_retain)
+    torch._foreach_sub_(direction, torch._foreach_mul(grad_forget, coef_forget))
+    return direction
+
+
+def apply_direction(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], direction: list[Tensor], max_grad_norm: float | None
+) -> Tensor:
+    """Set p.grad = direction, clip its global norm, take one optimizer step; return the norm before the clip."""
+    for param, grad in zip(params, direction):
         param.grad = grad
     if max_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
     else:
-        norm = torch.nn.utils.get_total_norm(combined)
+        norm = torch.nn.utils.get_total_norm(direction)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
