@@ -285,6 +285,11 @@ class ProbedEnv:
         self._after(result[2] or result[3], result[4])
         return result
 
+    def step_update(self, compute: Any) -> Any:
+        result = self._env.step_update(compute)
+        self._after(result[2] or result[3], result[4])
+        return result
+
     def _after(self, done: bool, info: dict[str, Any]) -> None:
         if info["step"] % self._every == 0 or done:
             self._record(info["step"])

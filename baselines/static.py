@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
 
 from baselines.common import add_common_args, make_env, summarize, write_episode
+from baselines.registry import register
 from unlearn_env.episode import EpisodeLog, constant_lambda, run_episode
 
 DEFAULT_LAMBDA = 0.5
@@ -26,6 +28,27 @@ DEFAULT_LAMBDA = 0.5
 def run_static(env: gym.Env, lam: float = DEFAULT_LAMBDA, seed: int = 0) -> EpisodeLog:
     """One episode with lambda fixed to ``lam`` (clipped to the env's bounds by the env)."""
     return run_episode(env, constant_lambda(lam), seed)
+
+
+@dataclass(frozen=True)
+class StaticOptions:
+    """The static method's one hyper-parameter (``static:0.5`` is ``static:lam=0.5``)."""
+
+    lam: float = DEFAULT_LAMBDA
+    """The constant lambda in (0, 1); the env clips it to [lambda_min, lambda_max]."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.lam < 1.0:
+            raise ValueError(f"lam must lie in (0, 1), got {self.lam}")
+
+
+def run_static_method(env: gym.Env, options: StaticOptions, seed: int) -> EpisodeLog:
+    """The registry's runner: :func:`run_static` with ``options.lam``."""
+    return run_static(env, options.lam, seed)
+
+
+register("static", StaticOptions, run_static_method, data="retain+forget", passes="1F+2B",
+         description="SISS with a constant lambda (the env's own update)")
 
 
 def sweep_static(

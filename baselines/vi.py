@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines.common import add_common_args, make_env, summarize, write_episode
+from baselines.registry import register
 from unlearn_env.episode import EpisodeLog, ScalarWriter
 
 CONTEXT_DIM = 4
@@ -179,6 +180,15 @@ def run_vi_episode(
     if writer is not None:
         log.write(writer)
     return log
+
+
+def run_vi_method(env: gym.Env, options: VIConfig, seed: int) -> EpisodeLog:
+    """The registry's runner: :func:`run_vi_episode` with a fresh q_phi seeded by ``seed``."""
+    return run_vi_episode(env, options, seed)
+
+
+register("vi", VIConfig, run_vi_method, data="retain+forget", passes="1F+2B",
+         description="SISS with lambda inferred every step by variational inference (SPEC §4)")
 
 
 def main(argv: list[str] | None = None) -> list[EpisodeLog]:
