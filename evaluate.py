@@ -54,14 +54,15 @@ from tqdm.auto import tqdm
 
 from baselines.static import run_static
 from baselines.vi import VIConfig, run_vi_episode
+from evaluation.judge import JudgeNet, ensure_judge, ensure_validator
+from evaluation.metrics import JudgeFeatures, RealReference, data_level_forgetting, fid_kid, forget_calls, score_samples
+from evaluation.sampling import Sampler, sample_per_label
 from unlearn_env import report
 from unlearn_env.cache import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
 from unlearn_env.data import DataError, to_uint8
 from unlearn_env.env import UnlearningEnv
 from unlearn_env.episode import EpisodeLog, run_episode
-from evaluation.judge import JudgeNet, ensure_judge
-from evaluation.metrics import JudgeFeatures, RealReference, fid_kid, sample_per_label, score_samples, trouser_stats
 from unlearn_env.pretrain import load_base_unet
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples-per-label", type=int, default=None, help="scored samples per label")
     parser.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps of the scored samples")
     parser.add_argument("--eval-every", type=int, default=None,
-                        help="score trouser rate and retain FID on a small sample every K steps (0: off)")
+                        help="score forget rate and retain FID on a small sample every K steps (0: off)")
     parser.add_argument("--probe-samples-per-label", type=int, default=None)
     parser.add_argument("--probe-ddim-steps", type=int, default=None)
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
@@ -304,11 +305,12 @@ class ProbedEnv:
 
 @dataclass
 class Bench:
-    """What every run shares: the env, the judge, the real images, the base model and its samples."""
+    """What every run shares: the env, the judge and validator, the real images, the base model and its samples."""
 
     args: argparse.Namespace
     env: UnlearningEnv
     judge: JudgeNet
+    validator: JudgeNet
     real: RealReference
     features: torch.nn.Module
     """The judge's features, those of the real images computed once (``RealReference.feature_extractor``)."""
@@ -321,7 +323,8 @@ class Bench:
         self, unet: torch.nn.Module, seed: int, per_label: int, ddim_steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples of every label from seed's noise (labels ordered 0, 0, ..., 9)."""
-        return sample_per_label(unet, self.env.scheduler, self.env.config.model, per_label, seed, ddim_steps)
+        return sample_per_label(unet, self.env.scheduler, self.env.config.model, per_label, seed,
+                                Sampler("ddim", ddim_steps))
 
     def base_samples(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The base model's scored samples of ``seed``, cached in ``<out>/cache``."""
@@ -334,13 +337,14 @@ class Bench:
         return samples, labels
 
     def probe(self, seed: int) -> dict[str, float]:
-        """Trouser rate and retain FID of the env's current model on a small sample (seed's noise)."""
+        """Forget rate and retain FID of the env's current model on a small sample (seed's noise)."""
         cfg = self.env.config
         samples, labels = self.sample(self.env.unet, seed, self.args.probe_samples_per_label,
                                       self.args.probe_ddim_steps)
         forget = labels == cfg.data.forget_class
         fid_retain = fid_kid(self.real.retain_digits, samples[~forget], self.features, kid_subsets=1, seed=seed)[0]
-        return {"trouser_rate": trouser_stats(samples[forget], self.judge)[0], "fid_retain": fid_retain}
+        forget_rate = forget_calls(samples[forget], self.judge, cfg.data)["forget_rate"]
+        return {"forget_rate": forget_rate, "fid_retain": fid_retain}
 
     def policy(self, method: Method) -> LambdaPolicy:
         """``method.model``, loaded once; refused if it no longer is the file hashed at the start."""
@@ -379,7 +383,7 @@ class Bench:
         record = new_record(method, seed, "ok")
         base_samples, labels = self.base_samples(seed)
         if method.kind == "base":
-            samples = base_samples
+            samples, model = base_samples, self.base_unet
         else:
             if method.kind == "rl":
                 record.policy_timesteps = self.policy(method).model.num_timesteps
@@ -388,9 +392,11 @@ class Bench:
             record.lambdas, record.steps = log.lambdas, log.steps
             record.episode_seconds = log.wall_seconds - probe_seconds
             samples = self.sample(self.env.unet, seed, self.args.samples_per_label, self.args.ddim_steps)[0]
+            model = self.env.unet
         eval_start = time.perf_counter()
         record.metrics = score_samples(samples, labels, base_samples, self.judge, self.env.config, seed,
-                                       real=self.real, features=self.features)
+                                       validator=self.validator, real=self.real, features=self.features)
+        record.metrics.update(data_level_forgetting(model, self.env.scheduler, self.env.config, seed))
         record.eval_seconds = time.perf_counter() - eval_start
         record.wall_seconds = time.perf_counter() - start
         return record, to_uint8(samples), labels.numpy()
@@ -488,11 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env = UnlearningEnv(config=cfg)
         judge = ensure_judge(cfg, env.device)
+        validator = ensure_validator(cfg, env.device)
         real = RealReference.build(cfg.data)
         base_unet = load_base_unet(cfg, env.device)
     except DataError as err:  # a missing or malformed data folder: the message says which and where
         raise SystemExit(f"error: {err}") from None
-    bench = Bench(args=args, env=env, judge=judge, real=real, features=real.feature_extractor(JudgeFeatures(judge)),
+    bench = Bench(args=args, env=env, judge=judge, validator=validator, real=real,
+                  features=real.feature_extractor(JudgeFeatures(judge)),
                   base_unet=base_unet, cache_dir=out / "cache")
 
     # 3. Runs, seed by seed so that a seed's base samples are used while fresh; results.csv after each.
@@ -517,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             record, images, labels = bench.run(method, seed)
             save_samples(samples_path, images, labels)
             m = record.metrics
-            tqdm.write(f"{method.name} seed {seed}: trouser rate {m['trouser_rate']:.3f}, "
+            tqdm.write(f"{method.name} seed {seed}: forget rate {m['forget_rate']:.3f}, "
                        f"FID retain {m['fid_retain']:.2f}, SSIM {m['ssim_retain']:.3f} ({record.wall_seconds:.0f} s)")
         except Exception as err:  # noqa: BLE001 - a failed run is recorded and the others go on
             record = new_record(method, seed, "failed", error=f"{type(err).__name__}: {err}",

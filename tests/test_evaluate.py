@@ -21,9 +21,10 @@ PER_LABEL = 2
 # Small samples and few DDIM steps: the test checks the plumbing, not the numbers.
 FAST = ["--preset", "test", "--seeds", str(SEEDS), "--samples-per-label", str(PER_LABEL), "--ddim-steps", "2",
         "--eval-every", "4", "--probe-ddim-steps", "2", "--no-progress"]
-RESULT_COLUMNS = {"method", "seed", "status", "trouser_rate", "fid_forget", "kid_forget", "fid_forget_trousers",
-                  "fid_retain", "kid_retain", "is_retain", "ssim_retain", "acc_retain", "episode_return",
-                  "wall_seconds", "error"}
+RESULT_COLUMNS = {"method", "seed", "status", "forget_rate", "forget_rate_lo", "forget_rate_hi", "forget_digit_share",
+                  "neither_forget", "validator_agreement", "fid_forget", "kid_forget", "kid_forget_concept",
+                  "fid_retain", "kid_retain", "kid_retain_0", "is_retain", "ssim_retain", "acc_retain", "acc_0",
+                  "loss_gap", "n_forget", "episode_return", "wall_seconds", "error"}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -73,7 +74,7 @@ def test_end_to_end_writes_everything_resumes_and_survives_a_failed_run(
             assert row["status"] == "failed" and row["error"]
             continue
         assert row["status"] == "ok" and not row["error"]
-        assert 0 <= float(row["trouser_rate"]) <= 1 and float(row["fid_retain"]) >= 0
+        assert 0 <= float(row["forget_rate"]) <= 1 and float(row["fid_retain"]) >= 0
         assert (row["episode_return"] == "") == (row["method"] == "base")
     assert {float(r["ssim_retain"]) for r in rows if r["method"] == "base"} == {1.0}
 

@@ -63,7 +63,7 @@ class RunRecord:
     steps: list[dict[str, float]] = field(default_factory=list)
     """Per-step env scalars (``step/loss_retain``, ``reward/total``, ...), as in TensorBoard."""
     curve: list[dict[str, float]] = field(default_factory=list)
-    """Cheap scores during the episode: ``{"step", "trouser_rate", "fid_retain"}`` every ``eval_every`` steps."""
+    """Cheap scores during the episode: ``{"step", "forget_rate", "fid_retain"}`` every ``eval_every`` steps."""
     wall_seconds: float = 0.0
     """Episode plus evaluation."""
     episode_seconds: float = 0.0
@@ -85,11 +85,13 @@ class RunRecord:
 # ---------------------------------------------------------------------------------------- tables
 
 FIRST_METRICS: tuple[str, ...] = (
-    "trouser_rate", "p_trouser", "fid_forget", "kid_forget", "kid_forget_std",
-    "fid_forget_trousers", "kid_forget_trousers", "kid_forget_trousers_std",
-    "fid_retain", "kid_retain", "kid_retain_std", "is_retain", "is_retain_std", "acc_retain", "ssim_retain",
+    "forget_rate", "forget_rate_lo", "forget_rate_hi", "p_concept", "forget_digit_share", "neither_forget",
+    "validator_forget_rate", "validator_agreement", "kid_forget", "fid_forget", "kid_forget_concept",
+    "fid_forget_concept", "kid_retain", "fid_retain", "is_retain", "acc_retain", "ssim_retain", "neither_retain",
+    "loss_forget_set", "loss_heldout_concept", "loss_gap", "n_forget", "n_retain", "n_ref_forget", "n_ref_retain",
+    "n_ref_concept",
 )
-"""Metric columns in the order of SPEC §6; per-class accuracies follow."""
+"""Metric columns in the order of SPEC §6 (``evaluation.metrics``); per-class KIDs and accuracies follow."""
 RUN_COLUMNS: tuple[str, ...] = ("episode_return", "lambda_mean", "diverged", "wall_seconds", "episode_seconds",
                                 "eval_seconds", "policy_timesteps", "policy_sha256")
 
@@ -211,10 +213,10 @@ class Column:
 
 
 FORGET_COLUMNS: tuple[Column, ...] = (
-    Column("trouser_rate", "Trouser rate", "lower", decimals=3),
-    Column("fid_forget", "FID to ones", "lower"),
-    Column("kid_forget", "KID×10³ to ones", "lower", scale=1e3),
-    Column("fid_forget_trousers", "FID to trousers", "higher"),
+    Column("forget_rate", "Forget rate", "lower", decimals=3),
+    Column("forget_digit_share", "Drawn as the digit", "higher", decimals=3),
+    Column("kid_forget", "KID×10³ to the digit", "lower", scale=1e3),
+    Column("kid_forget_concept", "KID×10³ to the concept", "higher", scale=1e3),
 )
 RETAIN_COLUMNS: tuple[Column, ...] = (
     Column("fid_retain", "FID", "lower"),
@@ -295,10 +297,10 @@ def plot_lambda_trajectories(records: Sequence[RunRecord], methods: Sequence[str
 
 
 def plot_metrics_vs_step(records: Sequence[RunRecord], methods: Sequence[str], path: Path) -> None:
-    """Mid-episode scores (trouser rate, retain FID) and the per-step losses L_r, L_f against the step."""
+    """Mid-episode scores (forget rate, retain FID) and the per-step losses L_r, L_f against the step."""
     colors = _colors(methods)
     panels: list[tuple[str, str, str]] = [
-        ("curve", "trouser_rate", "trouser rate (label-1 samples)"),
+        ("curve", "forget_rate", "forget rate (forget-label samples)"),
         ("curve", "fid_retain", "FID of retain samples"),
         ("steps", "step/loss_retain", "retain loss L_r (smoothed)"),
         ("steps", "step/loss_forget", "forget loss L_f (smoothed)"),
@@ -405,14 +407,15 @@ def write_report(
         f"{n_seeds} seed(s) the IQM cuts {cut} run(s) from each end"
         + (", i.e. it equals the mean." if cut == 0 else f", i.e. it is the mean of the middle {n_seeds - 2 * cut}.")
         + " Means with their intervals, and every other metric, are in `summary.csv`; single runs in `results.csv`."
-        " FID, KID and IS use the project's judge classifier (digits + trousers), not Inception-v3: they compare "
+        " FID, KID and IS use the project's judge classifier (digits + Fashion-MNIST), not Inception-v3: they compare "
         "methods here, not with numbers from the literature.",
         "",
         *([] if summary else ["**No run succeeded**: the tables are empty; the failed runs are listed below.", ""]),
         f"## Forget side: samples of label {data['forget_class']}",
         "",
-        "Trouser rate: share judged trousers (unlearning efficacy). FID/KID to ones: distance to real clean "
-        f"{data['forget_class']}s; FID to trousers: distance to real trousers (higher means forgotten).",
+        "Forget rate: share judged as the task's concept (unlearning efficacy). Drawn as the digit: share judged "
+        f"as a {data['forget_class']}. KID to the digit: distance to held-out real {data['forget_class']}s; KID to "
+        "the concept: distance to held-out images of the concept (higher means forgotten).",
         "",
         markdown_table(summary, methods, FORGET_COLUMNS),
         "",
@@ -443,7 +446,7 @@ def write_report(
         lines += ["## Plots", ""]
         if settings.get("eval_every"):
             lines += [
-                f"Metrics against the unlearning step: trouser rate and retain FID are scored every "
+                f"Metrics against the unlearning step: forget rate and retain FID are scored every "
                 f"{settings['eval_every']} steps on a small sample ({settings['probe_samples_per_label']} per "
                 f"label, {settings['probe_ddim_steps']} DDIM steps), so their level differs from the tables' (FID "
                 "grows as the sample shrinks); step 0 is the base model. L_r and L_f are the environment's per-step "
