@@ -54,6 +54,7 @@ Runner = Callable[[gym.Env, Any, int], EpisodeLog]
 BUILTIN_MODULES: tuple[str, ...] = (
     "baselines.static",
     "baselines.vi",
+    "baselines.neyman",
     "baselines.naive",
     "baselines.neggrad",
     "baselines.erasediff",

@@ -33,7 +33,16 @@ What phi learns: L_r and L_f are unbiased importance-sampling estimates, so thei
 do not depend on lambda, but with the coins frozen the lambda-gradient of one batch's L_SISS is
 positive on almost every batch (the retain weights on x-draws grow with lambda, the forget weights
 on a-draws shrink). q_phi therefore mostly learns to lower lambda, at a rate set by ``lr_phi`` and
-held back by beta * KL, whatever the context v says.
+held back by beta * KL, whatever the context v says. As specified, the objective cannot make
+lambda depend on v.
+
+The well-posed variant, ``objective="lookahead"`` (method spec ``vi:objective=lookahead``),
+keeps q_phi, the reparameterised lambda and the KL term, and replaces the data term by the probe
+objective of the model the update produces, J(theta_{t+1}(lambda)) with J = -Phi, the ``outcome``
+reward's potential. phi descends (dJ/dlambda) dlambda/dphi + beta dKL/dphi, where dJ/dlambda is the
+exact one-step hypergradient through the clipped AdamW update (``baselines.lookahead``): 1
+forward and 3 backward passes per step beyond the SISS step's 1 + 2. It is myopic (one step
+ahead) and, like the ELBO, holds the mixture's coins fixed.
 
 Confinement (``VIConfig.confine``): ``clamp`` takes lambda = sigmoid(z) as SPEC §4 and clamps
 it to the bounds (no lambda-gradient while clamped); ``affine`` maps sigmoid(z) onto
@@ -58,9 +67,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from baselines import lookahead
 from baselines.common import add_common_args, make_env, summarize, write_episode
 from baselines.registry import register
+from unlearn_env import siss
+from unlearn_env.env import siss_update
 from unlearn_env.episode import EpisodeLog, ScalarWriter
+from unlearn_env.rewards import ProbeLosses
 
 CONTEXT_DIM = 4
 """v = observation entries 0-3: L_r, L_f, ||grad L_r||, ||grad L_f||."""
@@ -69,6 +82,7 @@ LOG_SIGMA_RANGE = (-5.0, 2.0)
 """log sigma is clamped here: sigma in [0.007, 7.4] in logit units keeps q neither a point nor flat."""
 
 Confinement = Literal["clamp", "affine"]
+Objective = Literal["elbo", "lookahead"]
 
 
 @dataclass(frozen=True)
@@ -83,12 +97,17 @@ class VIConfig:
     """Adam learning rate of phi."""
     confine: Confinement = "clamp"
     """How sigmoid(z) is confined to [lambda_min, lambda_max]: ``clamp`` or ``affine`` (module docstring)."""
+    objective: Objective = "elbo"
+    """``elbo``: SPEC §4's ELBO on L_SISS(theta_t; lambda); ``lookahead``: the probe objective after the
+    update, J(theta_{t+1}(lambda)), learned from its one-step hypergradient (``baselines.lookahead``)."""
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.hidden < 1 or self.lr_phi <= 0:
             raise ValueError(f"need beta >= 0, hidden >= 1 and lr_phi > 0, got {self}")
         if self.confine not in ("clamp", "affine"):
             raise ValueError(f"confine must be 'clamp' or 'affine', got {self.confine!r}")
+        if self.objective not in ("elbo", "lookahead"):
+            raise ValueError(f"objective must be 'elbo' or 'lookahead', got {self.objective!r}")
 
 
 class InferenceNet(nn.Module):
@@ -136,6 +155,37 @@ def sample_lambda(
     return confine(torch.sigmoid(z), low, high, vi_cfg.confine), mu, log_sigma
 
 
+def lookahead_step(
+    env: gym.Env, lam: float, probe_0: ProbeLosses
+) -> tuple[np.ndarray, float, bool, bool, dict, float, float]:
+    """One SISS step with ``lam`` and the hypergradient dJ(theta_{t+1})/dlambda of the probe objective.
+
+    Returns the step's (obs, reward, terminated, truncated, info), then dJ/dlambda and J(theta_{t+1})
+    (both NaN when the step diverged).
+    """
+    base = env.unwrapped
+    held: dict = {}
+
+    def compute(batch):
+        m, d_retain, d_forget = siss.measure_with_sensitivity(base.unet, base.params, batch, lam, base.gamma,
+                                                              base.sigma)
+        update = siss_update(m, base.update_rule, lam)
+        # The env clips the direction in place: keep the unclipped one for the clip's derivative.
+        held.update(m=m, d_retain=d_retain, d_forget=d_forget, direction=[d.clone() for d in update.direction])
+        return update
+
+    obs, reward, terminated, truncated, info = base.step_update(compute)
+    if info["diverged"]:
+        return obs, reward, terminated, truncated, info, float("nan"), float("nan")
+    d_direction = lookahead.direction_sensitivity(held["m"], held["d_retain"], held["d_forget"], base.update_rule)
+    clipped, d_clipped = lookahead.clip_sensitivity(held["direction"], d_direction, base.update_rule.max_grad_norm)
+    d_theta = lookahead.adamw_sensitivity(base.optimizer, base.params, clipped, d_clipped)
+    objective, grad_j = lookahead.probe_objective_gradient(base.unet, base.params, base.probe_set, base.gamma,
+                                                           base.sigma, probe_0, base.config.reward)
+    slope = float(lookahead.inner(grad_j, d_theta))
+    return obs, reward, terminated, truncated, info, slope, float(objective)
+
+
 def run_vi_episode(
     env: gym.Env,
     vi_cfg: VIConfig | None = None,
@@ -160,21 +210,28 @@ def run_vi_episode(
 
     log = EpisodeLog(seed=seed)
     start = time.perf_counter()
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    probe_0 = ProbeLosses(info["probe_loss_retain"], info["probe_loss_forget"])
     done = False
     while not done:
         lam, mu, log_sigma = sample_lambda(net, obs, vi_cfg, low, high, noise)
-        obs, reward, terminated, truncated, info, loss_siss = base.step_lambda(lam)
         kl = kl_to_standard_normal(mu, log_sigma)
-        elbo = loss_siss.to(kl.device) + vi_cfg.beta * kl
-        if torch.isfinite(elbo):  # a diverged step ends the episode: nothing to learn from a NaN
+        if vi_cfg.objective == "elbo":
+            obs, reward, terminated, truncated, info, loss_siss = base.step_lambda(lam)
+            data_term = loss_siss.to(kl.device)
+            scalars = {"vi/elbo": float(data_term + vi_cfg.beta * kl)}
+        else:
+            obs, reward, terminated, truncated, info, slope, objective = lookahead_step(env, float(lam), probe_0)
+            # A surrogate whose phi-gradient is (dJ/dlambda) dlambda/dphi: the hypergradient of the look-ahead.
+            data_term = torch.as_tensor(slope, dtype=lam.dtype) * lam
+            scalars = {"vi/objective": objective, "vi/dJ_dlambda": slope}
+        loss = data_term + vi_cfg.beta * kl
+        if torch.isfinite(loss) and not info["diverged"]:  # a diverged step ends the episode: nothing to learn
             optimizer.zero_grad()
-            elbo.backward()
+            loss.backward()
             optimizer.step()
         log.record(info, reward)
-        log.steps[-1].update(
-            {"vi/mu": mu.item(), "vi/sigma": log_sigma.exp().item(), "vi/kl": kl.item(), "vi/elbo": elbo.item()}
-        )
+        log.steps[-1].update({"vi/mu": mu.item(), "vi/sigma": log_sigma.exp().item(), "vi/kl": kl.item(), **scalars})
         done = terminated or truncated
     log.wall_seconds = time.perf_counter() - start
     if writer is not None:
@@ -187,8 +244,9 @@ def run_vi_method(env: gym.Env, options: VIConfig, seed: int) -> EpisodeLog:
     return run_vi_episode(env, options, seed)
 
 
-register("vi", VIConfig, run_vi_method, data="retain+forget", passes="1F+2B",
-         description="SISS with lambda inferred every step by variational inference (SPEC §4)")
+register("vi", VIConfig, run_vi_method, data="retain+forget", passes="1F+2B (objective=lookahead: 2F+5B)",
+         description="SISS with lambda inferred every step by variational inference (SPEC §4; objective=lookahead: "
+                     "the one-step look-ahead probe objective)")
 
 
 def main(argv: list[str] | None = None) -> list[EpisodeLog]:
@@ -199,8 +257,10 @@ def main(argv: list[str] | None = None) -> list[EpisodeLog]:
     parser.add_argument("--hidden", type=int, default=defaults.hidden)
     parser.add_argument("--lr-phi", type=float, default=defaults.lr_phi)
     parser.add_argument("--confine", choices=("clamp", "affine"), default=defaults.confine)
+    parser.add_argument("--objective", choices=("elbo", "lookahead"), default=defaults.objective)
     args = parser.parse_args(argv)
-    vi_cfg = VIConfig(beta=args.beta, hidden=args.hidden, lr_phi=args.lr_phi, confine=args.confine)
+    vi_cfg = VIConfig(beta=args.beta, hidden=args.hidden, lr_phi=args.lr_phi, confine=args.confine,
+                      objective=args.objective)
 
     env = make_env(args.preset, args.env_kwargs)
     out = args.out / "vi"

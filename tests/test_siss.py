@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -184,9 +186,17 @@ def test_lambda_gradient_reaches_through_the_weights(tiny_model) -> None:
 
 def test_objective_and_coefficients() -> None:
     assert siss.siss_objective(2.0, 3.0, n=100, k=20, superfactor=0.5) == pytest.approx(100 / 80 * 2 - 1.5 * 20 / 80 * 3)
-    assert siss.update_coefficients("weights", torch.tensor(2.0), 100, 20, 0.0, 5.0) == (1.25, 0.25)
-    c_r, c_f = siss.update_coefficients("rescale", torch.tensor(2.0), 100, 20, 0.0, 5.0)
+    assert siss.UpdateRule("weights", 100, 20, 0.0, 5.0, None).coefficients(torch.tensor(2.0)) == (1.25, 0.25)
+    c_r, c_f = siss.UpdateRule("rescale", 100, 20, 0.0, 5.0, None).coefficients(torch.tensor(2.0))
     assert c_r == 1.0 and c_f.item() == pytest.approx(2.5)
+
+
+def test_update_rule_takes_the_official_pixel_sum_units() -> None:
+    """The config's c = 5 and clip 1 are for losses summed over pixels; ours are means, so both divide by the pixels."""
+    cfg = get_config("test").unlearn
+    rule = siss.UpdateRule.from_config(cfg, 100, 20, pixels=784)
+    assert rule.rescale_norm == pytest.approx(5.0 / 784) and rule.max_grad_norm == pytest.approx(1.0 / 784)
+    assert siss.UpdateRule.from_config(dataclasses.replace(cfg, max_grad_norm=None), 100, 20, 784).max_grad_norm is None
     with pytest.raises(ValueError, match="0 < k < n"):
         siss.weights_coefficients(10, 10, 0.0)
 

@@ -236,14 +236,41 @@ def measure(
     sigma: Tensor,
 ) -> SISSMeasurement:
     """One forward pass on the mixture, then grad L_r and grad L_f by two backward passes."""
+    return measure_with_sensitivity(model, params, batch, lam, gamma, sigma, sensitivity=False)[0]
+
+
+def measure_with_sensitivity(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    batch: SISSBatch,
+    lam: Tensor | float,
+    gamma: Tensor,
+    sigma: Tensor,
+    sensitivity: bool = True,
+) -> tuple[SISSMeasurement, list[Tensor] | None, list[Tensor] | None]:
+    """:func:`measure`, plus d(grad L_r)/d lambda and d(grad L_f)/d lambda by two more backward passes.
+
+    With the coins frozen, grad L_r(theta; lambda) = mean_i w_x,i(lambda) grad err_x,i, so its
+    lambda-derivative is grad_theta of mean_i (d w_x,i / d lambda) err_x,i: the mixed second
+    derivative of L_r, one backward pass through the same forward graph (likewise for L_f).
+    The one-step look-ahead of the VI baseline differentiates the update through it.
+    """
     m_t, labels, from_forget = mixture_sample(batch, lam, gamma, sigma)
     eps_pred = model(m_t, batch.timesteps, class_labels=labels).sample
+    if sensitivity and not (isinstance(lam, Tensor) and lam.requires_grad):
+        lam = torch.as_tensor(lam, dtype=torch.float32, device=m_t.device).detach().requires_grad_()
     err_x, err_a, w_x, w_a = pair_terms(eps_pred, m_t, batch, from_forget, lam, gamma, sigma)
     loss_retain = (w_x.detach() * err_x).mean()
     loss_forget = (w_a.detach() * err_a).mean()
     grad_retain = list(torch.autograd.grad(loss_retain, params, retain_graph=True, materialize_grads=True))
-    grad_forget = list(torch.autograd.grad(loss_forget, params, materialize_grads=True))
-    return SISSMeasurement(
+    grad_forget = list(torch.autograd.grad(loss_forget, params, retain_graph=sensitivity, materialize_grads=True))
+    d_retain = d_forget = None
+    if sensitivity:
+        slope_r = torch.autograd.grad((w_x * err_x).mean(), lam, create_graph=True)[0]
+        slope_f = torch.autograd.grad((w_a * err_a).mean(), lam, create_graph=True)[0]
+        d_retain = list(torch.autograd.grad(slope_r, params, retain_graph=True, materialize_grads=True))
+        d_forget = list(torch.autograd.grad(slope_f, params, retain_graph=True, materialize_grads=True))
+    measurement = SISSMeasurement(
         loss_retain=loss_retain.detach(),
         loss_forget=loss_forget.detach(),
         grad_retain=grad_retain,
@@ -254,6 +281,7 @@ def measure(
         loss_forget_lam=(w_a * err_a.detach()).mean(),
         mixture_share=from_forget.float().mean(),
     )
+    return measurement, d_retain, d_forget
 
 
 def apply_update(
@@ -282,7 +310,10 @@ def combine(
 def apply_direction(
     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], direction: list[Tensor], max_grad_norm: float | None
 ) -> Tensor:
-    """Set p.grad = direction, clip its global norm, take one optimizer step; return the norm before the clip."""
+    """Set p.grad = direction, clip its global norm, take one optimizer step; return the norm before the clip.
+
+    The direction's tensors become the gradients and are clipped in place.
+    """
     for param, grad in zip(params, direction):
         param.grad = grad
     if max_grad_norm is not None:
