@@ -58,6 +58,7 @@ from agents.runs import (
 from unlearn_env.cache import atomic_write_json
 from unlearn_env.config import PRESETS, SECTIONS, get_config, parse_overrides, positive_int
 from unlearn_env.data import DataError
+from unlearn_env.seeds import training_env_seed
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C, once saved: 128 + SIGINT, as a shell reports it, so ``set -e`` stops."""
@@ -167,8 +168,12 @@ def build_model(
         if normalize is not None:
             vec_env = VecNormalize(vec_env, **normalize)
         kwargs = model_kwargs(config["hyperparams"], action_dim=vec_env.action_space.shape[0])
-        return algo_cls(env=vec_env, seed=config["seed"], tensorboard_log=str(layout.root),
-                        verbose=args.verbose, device=args.device, **kwargs)
+        model = algo_cls(env=vec_env, seed=config["seed"], tensorboard_log=str(layout.root),
+                         verbose=args.verbose, device=args.device, **kwargs)
+        # The networks are initialised from the run seed; the episodes come from the training seed
+        # namespace, so that no training episode is an evaluation episode (unlearn_env.seeds).
+        model.set_random_seed(training_env_seed(config["seed"]))
+        return model
     print(f"resuming {layout.root} from {snapshot.model.name} at {snapshot.num_timesteps} steps")
     if snapshot.vecnormalize is not None:
         vec_env = VecNormalize.load(str(snapshot.vecnormalize), vec_env)
@@ -177,7 +182,7 @@ def build_model(
     if snapshot.replay_buffer is not None:
         model.load_replay_buffer(snapshot.replay_buffer)
     # New episodes after a resume: reseed from the step count, not the run's first seed.
-    model.set_random_seed(config["seed"] + model.num_timesteps)
+    model.set_random_seed(training_env_seed(config["seed"], model.num_timesteps))
     return model
 
 

@@ -25,18 +25,21 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 
 from unlearn_env import ENV_ID
+from unlearn_env.rewards import ALL_TERMS
 from unlearn_env.sb3_vec import make_sb3_batched_env
 
 VecEnvKind = Literal["dummy", "subproc", "batched"]
 
-REWARD_TERMS: tuple[str, ...] = ("siss", "smoothness", "retain_safety", "crash")
-"""Keys of the env's ``info["reward_terms"]`` (``crash`` only on a diverged step)."""
+REWARD_TERMS: tuple[str, ...] = ALL_TERMS
+"""Keys of the env's ``info["reward_terms"]`` in every reward mode (a term a mode lacks sums to 0)."""
 
 EPISODE_KEYS: tuple[str, ...] = (
     "lambda_mean",
     "lambda_std",
     "loss_retain_final",
     "loss_forget_final",
+    "probe_loss_retain_final",
+    "probe_loss_forget_final",
     "diverged",
     *(f"reward_{term}" for term in REWARD_TERMS),
 )
@@ -68,6 +71,8 @@ class EpisodeSummary(gym.Wrapper):
                 "lambda_std": float(np.std(self._lambdas)),
                 "loss_retain_final": float(info["loss_retain"]),
                 "loss_forget_final": float(info["loss_forget"]),
+                "probe_loss_retain_final": float(info["probe_loss_retain"]),
+                "probe_loss_forget_final": float(info["probe_loss_forget"]),
                 "diverged": float(info.get("diverged", False)),
                 **{f"reward_{term}": self._terms[term] for term in REWARD_TERMS},
             }

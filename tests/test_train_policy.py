@@ -167,7 +167,7 @@ def test_resume_compares_resolved_settings_and_lets_the_runtime_change(
     args = ["--algo", "ppo", "--preset", "test", "--out", str(tmp_path), "--no-progress-bar",
             "--hyperparams", "n_steps=8", "batch_size=8"]
     run_dir = train_policy.main([*args, "--total-timesteps", "8", "--env-kwargs", "batch_size=4"])
-    same = ["--env-kwargs", "batch_size=4", "horizon=8", "alpha=1", "device=cpu",
+    same = ["--env-kwargs", "batch_size=4", "horizon=8", "alpha=0.001", "device=cpu",
             "--hyperparams", "n_steps=8.0", "batch_size=8", "learning_rate=0.0003", "ent_coef=0.0"]
     train_policy.main([*args, "--total-timesteps", "16", "--resume", *same])
     assert trained_steps(run_dir / "model.zip") == 16
