@@ -219,7 +219,7 @@ def run_vi_episode(
         if vi_cfg.objective == "elbo":
             obs, reward, terminated, truncated, info, loss_siss = base.step_lambda(lam)
             data_term = loss_siss.to(kl.device)
-            scalars = {"vi/elbo": float(data_term + vi_cfg.beta * kl)}
+            scalars = {"vi/elbo": float((data_term + vi_cfg.beta * kl).detach())}
         else:
             obs, reward, terminated, truncated, info, slope, objective = lookahead_step(env, float(lam), probe_0)
             # A surrogate whose phi-gradient is (dJ/dlambda) dlambda/dphi: the hypergradient of the look-ahead.
