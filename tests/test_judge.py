@@ -127,7 +127,8 @@ def test_no_classifier_trains_on_a_forget_pool_image(judge_cfg) -> None:
 def test_judge_classifies_heldout_digits_and_fashion(judge, heldout) -> None:
     images, labels = heldout
     accuracy = judge_accuracy(judge, images, labels)
-    assert set(accuracy) == {"overall", "balanced", "digits", "fashion", *map(str, range(20))}
+    assert set(accuracy) == {"overall", "balanced", "digits", "fashion", "kind", *map(str, range(20))}
+    assert accuracy["kind"] > 0.97  # digits and Fashion-MNIST images are rarely confused
     assert accuracy["digits"] > 0.9
     assert accuracy["balanced"] > 0.8
     assert accuracy[str(concept_label(1))] > 0.9  # trousers, the default concept

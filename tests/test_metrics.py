@@ -23,7 +23,6 @@ from evaluation.metrics import (
     score_samples,
     ssim,
     validator_calls,
-    wilson_interval,
 )
 from evaluation.sampling import Sampler, evaluation_labels, sample_labels
 from unlearn_env.data import build_unlearning_data, digit_split, fashion_images
@@ -124,20 +123,12 @@ def test_ssim_is_one_for_identical_images_and_lower_otherwise(real) -> None:
         ssim(first, second[:-1])
 
 
-def test_wilson_interval_brackets_the_rate() -> None:
-    for k, n in ((0, 512), (7, 32), (32, 32), (250, 512)):
-        lo, hi = wilson_interval(k, n)
-        assert 0 <= lo <= k / n <= hi <= 1
-    assert wilson_interval(0, 512)[0] == 0 and wilson_interval(0, 512)[1] < 0.01
-    assert wilson_interval(16, 32)[1] - wilson_interval(16, 32)[0] > wilson_interval(256, 512)[1] - wilson_interval(
-        256, 512)[0]
-
-
 def test_forget_calls_on_real_images(real, judge, judge_cfg) -> None:
     data = judge_cfg.data
     concept = forget_calls(real.concept, judge, data)
     assert concept["forget_rate"] > 0.9 and concept["p_concept"] > 0.85
     assert concept["forget_rate_lo"] <= concept["forget_rate"] <= concept["forget_rate_hi"]
+    assert concept["forget_rate_hi"] - concept["forget_rate_lo"] < 0.05  # Wilson at n = 1,000
     assert concept["forget_digit_share"] < 0.02 and concept["neither_forget"] < 0.05
     ones = forget_calls(real.forget_digits, judge, data)
     assert ones["forget_rate"] < 0.05 and ones["forget_digit_share"] > 0.9
