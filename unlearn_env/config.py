@@ -26,6 +26,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from unlearn_env.tasks import ForgetTask, check_family, parse_task
+
 if TYPE_CHECKING:
     import torch
 
@@ -34,6 +36,9 @@ DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 BASE_MODEL_FORMAT = 2
 """Part of every base model's cache key: bump it when what a base model trains on changes without a
 config field changing. 2: digits from the fixed train part only, forget images from the ``forget`` pool."""
+
+TASK_FIELDS: tuple[str, ...] = ("forget_class", "fashion_class", "contamination", "data_seed")
+"""The :class:`DataConfig` fields that name the forget task (:meth:`DataConfig.task`)."""
 
 SISSMode = Literal["weights", "rescale"]
 TrainOn = Literal["all", "retain"]
@@ -61,6 +66,11 @@ class DataConfig:
     """Keep at most this many digits (stratified by label); ``None`` keeps all."""
     data_seed: int = 0
     """Seed of the subsampling and of the choice of trousers."""
+    companions: tuple[str, ...] = ()
+    """The other contaminations of the training data, as forget tasks in text form (``3-bag-0.1-s0``:
+    digit 3 contaminated with bags at 0.1; :mod:`unlearn_env.tasks`). The fields above name the task
+    being forgotten; the companions' images stay in its retain set, and every task of the family
+    (the task and its companions) shares one base model. Stored in canonical form, by digit."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.contamination < 1.0:
@@ -71,6 +81,21 @@ class DataConfig:
             raise ValueError(f"fashion_class must be a Fashion-MNIST class 0-9, got {self.fashion_class}")
         if self.max_digits is not None and self.max_digits < 20:
             raise ValueError(f"max_digits must be at least 20, got {self.max_digits}")
+        if isinstance(self.companions, str):
+            raise ValueError(f"companions is a tuple of task strings, got the string {self.companions!r}")
+        companions = tuple(parse_task(spec) for spec in self.companions)
+        if self.task() in companions:
+            raise ValueError(f"companions holds the forgotten task {self.task()} itself")
+        family = check_family((self.task(), *companions))
+        object.__setattr__(self, "companions", tuple(t.text for t in family if t != self.task()))
+
+    def task(self) -> ForgetTask:
+        """The forget task these fields name (its forget set is what gets unlearned)."""
+        return ForgetTask(self.forget_class, self.fashion_class, self.contamination, self.data_seed)
+
+    def family(self) -> tuple[ForgetTask, ...]:
+        """The task and its companions, by digit: the contaminations the base model trained on."""
+        return check_family((self.task(), *map(parse_task, self.companions)))
 
 
 @dataclass(frozen=True)
@@ -303,8 +328,21 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def base_model_key(self) -> str:
-        """Hash of everything that determines the base model (data, model, pretraining)."""
+        """Hash of everything that determines the base model (data, model, pretraining).
+
+        With companions the data part names the family (its tasks in canonical order) instead of the
+        forgotten task, so every task of a family has the same key: one base model. The retrain oracle
+        (``train_on="retain"``) leaves one task's images out, so its key names that task too. Without
+        companions the key is what it was before companions existed.
+        """
         sections = {s: dataclasses.asdict(getattr(self, s)) for s in ("data", "model", "pretrain")}
+        data = sections["data"]
+        if data.pop("companions"):
+            for name in TASK_FIELDS:
+                del data[name]
+            data["family"] = [task.text for task in self.data.family()]
+            if self.pretrain.train_on == "retain":
+                data["forgotten"] = self.data.task().text
         return config_hash({"format": BASE_MODEL_FORMAT, **sections})
 
     def oracle(self) -> ExperimentConfig:

@@ -16,6 +16,11 @@ Splits, fixed once (seed :data:`SPLIT_SEED`) and shared by every part of the pro
   ever saw a forget image. The ``test`` pool is Fashion-MNIST's test split: held-out
   images of the concept the model never saw.
 
+**Families** (:func:`build_training_data`): the training data may carry several contaminations at
+once, digit d_i mixed with Fashion-MNIST class f_i at ratio r_i (the task ``cfg`` names and its
+``companions``); one base model trains on it, each task's forget set is its own contaminants and
+its retain set everything else (:func:`build_unlearning_data`).
+
 Images are returned in model space: ``float32`` tensors in [-1, 1] of shape
 ``(N, 1, S, S)``, zero-background padded (to -1) when ``S > 28``.
 """
@@ -32,14 +37,11 @@ import numpy as np
 import torch
 
 from unlearn_env.config import DataConfig
+from unlearn_env.tasks import FASHION_CLASSES, ForgetTask
 
 MNIST_SIDE = 28
 TROUSER_CLASS = 1
 """Fashion-MNIST's label for trousers."""
-FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)
-"""Fashion-MNIST's class names, by label."""
 SPLIT_SEED = 0
 """Seed of the fixed splits (held-out digits, Fashion-MNIST pools): they never depend on an experiment's settings."""
 HELDOUT_FRACTION = 0.2
@@ -208,7 +210,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class UnlearningData:
-    """Retain set X\\A (real digits) and forget set A (Fashion-MNIST images labelled ``forget_class``)."""
+    """Retain set X\\A (real digits, and the companions' contaminants) and forget set A (the task's Fashion-MNIST
+    images, labelled ``forget_class``)."""
 
     retain_images: torch.Tensor
     retain_labels: torch.Tensor
@@ -260,11 +263,32 @@ def num_trousers(num_forget_class_digits: int, contamination: float) -> int:
     return max(1, round(contamination / (1.0 - contamination) * num_forget_class_digits))
 
 
-def build_unlearning_data(cfg: DataConfig, image_size: int) -> UnlearningData:
-    """The augmented-MNIST retain and forget sets for ``cfg``, deterministic in ``cfg.data_seed``.
+@dataclass
+class TrainingData:
+    """A family's training set X in its fixed order: the digits, then each task's contaminants (tasks by digit).
 
-    Digits come from the ``train`` part of :func:`digit_split` (the held-out part stays
-    unseen), the forget images from the ``forget`` pool of ``cfg.fashion_class``.
+    ``owner[i]`` is -1 for a real digit and j for a contaminant of ``tasks[j]`` (labelled with
+    that task's digit). Every task of a family builds the same X, so its base model is one.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    owner: torch.Tensor
+    tasks: tuple[ForgetTask, ...]
+
+    def rows_of(self, task: ForgetTask) -> torch.Tensor:
+        """Mask of the rows of ``task``'s contaminants: its forget set A."""
+        return self.owner == self.tasks.index(task)
+
+
+def build_training_data(cfg: DataConfig, image_size: int) -> TrainingData:
+    """The family's training set of ``cfg`` (:class:`TrainingData`), deterministic in ``cfg.data_seed``.
+
+    Digits come from the ``train`` part of :func:`digit_split` (the held-out part stays unseen).
+    One generator, seeded by the data seed, subsamples them (``max_digits``), then draws each
+    task's contaminants in the family's order from the ``forget`` pool of its class, without the
+    images an earlier task of the same class took: the forget sets of two tasks never share an
+    image. With no companions this is the single task's data as before companions existed.
     """
     rng = np.random.default_rng(cfg.data_seed)
     split = digit_split(cfg.mnist_dir)
@@ -272,16 +296,43 @@ def build_unlearning_data(cfg: DataConfig, image_size: int) -> UnlearningData:
     if cfg.max_digits is not None and cfg.max_digits < len(digits):
         keep = _stratified_subset(labels, cfg.max_digits, rng)
         digits, labels = digits[keep], labels[keep]
-    pool = fashion_images(cfg.fashion_dir, cfg.fashion_class, "forget")
-    k = num_trousers(int((labels == cfg.forget_class).sum()), cfg.contamination)
-    if k > len(pool):
-        raise DataError(f"contamination {cfg.contamination} needs {k} images of Fashion-MNIST class "
-                        f"{cfg.fashion_class}, the forget pool of {cfg.fashion_dir} has {len(pool)}")
-    chosen = pool[np.sort(rng.choice(len(pool), size=k, replace=False))]
+    tasks = cfg.family()
+    taken: dict[int, np.ndarray] = {}
+    images, all_labels, owner = [digits], [labels], [np.full(len(labels), -1)]
+    for j, task in enumerate(tasks):
+        pool = fashion_images(cfg.fashion_dir, task.fashion_class, "forget")
+        free = np.setdiff1d(np.arange(len(pool)), taken.get(task.fashion_class, []))
+        k = num_trousers(int((labels == task.digit).sum()), task.ratio)
+        if k > len(free):
+            others = "" if len(free) == len(pool) else f" ({len(pool) - len(free)} taken by other tasks of its family)"
+            raise DataError(f"task {task} needs {k} images of Fashion-MNIST class {task.fashion_class}; the forget "
+                            f"pool of {cfg.fashion_dir} has {len(free)} left of {len(pool)}{others}")
+        chosen = free[np.sort(rng.choice(len(free), size=k, replace=False))]
+        taken[task.fashion_class] = np.concatenate([taken.get(task.fashion_class, []), chosen]).astype(np.int64)
+        images.append(pool[chosen])
+        all_labels.append(np.full(k, task.digit, dtype=np.int64))
+        owner.append(np.full(k, j))
+    return TrainingData(
+        images=to_model_space(np.concatenate(images), image_size),
+        labels=torch.from_numpy(np.concatenate(all_labels)),
+        owner=torch.from_numpy(np.concatenate(owner)),
+        tasks=tasks,
+    )
+
+
+def build_unlearning_data(cfg: DataConfig, image_size: int) -> UnlearningData:
+    """The retain set X\\A and forget set A of the task ``cfg`` names (:meth:`DataConfig.task`).
+
+    A is the task's contaminants; the retain set is everything else of the family's training set
+    (:func:`build_training_data`): every real digit and the companions' contaminants, with their
+    digit labels, in X's order.
+    """
+    data = build_training_data(cfg, image_size)
+    forget = data.rows_of(cfg.task())
     return UnlearningData(
-        retain_images=to_model_space(digits, image_size),
-        retain_labels=torch.from_numpy(labels),
-        forget_images=to_model_space(chosen, image_size),
-        forget_labels=torch.full((k,), cfg.forget_class, dtype=torch.int64),
+        retain_images=data.images[~forget],
+        retain_labels=data.labels[~forget],
+        forget_images=data.images[forget],
+        forget_labels=data.labels[forget],
         forget_class=cfg.forget_class,
     )

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
-from unlearn_env.data import build_unlearning_data, to_uint8
+from unlearn_env.data import build_training_data, to_uint8
 from unlearn_env.diffusion import build_scheduler, build_unet, ddim_sample, image_grid, sampling_noise
 
 BASE_FILE = "base.pt"
@@ -76,13 +76,17 @@ def sample_grid(
 
 
 def training_set(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images, labels and forget-set mask the model of ``cfg`` trains on: X, or X\\A for the oracle."""
-    data = build_unlearning_data(cfg.data, cfg.model.image_size)
+    """Images, labels and contaminant mask the model of ``cfg`` trains on: X, or X\\A for the oracle.
+
+    X is the family's training set in its fixed order (:func:`~unlearn_env.data.build_training_data`),
+    the same for every task of the family; the mask marks every Fashion-MNIST image (the ones
+    ``hflip_forget`` mirrors), the companions' too.
+    """
+    data = build_training_data(cfg.data, cfg.model.image_size)
+    keep = torch.ones(len(data.images), dtype=torch.bool)
     if cfg.pretrain.train_on == "retain":
-        images, labels = data.retain_images, data.retain_labels
-    else:
-        images, labels = data.all_images(), data.all_labels()
-    return images, labels, torch.arange(len(images)) >= len(data.retain_images)
+        keep = ~data.rows_of(cfg.data.task())
+    return data.images[keep], data.labels[keep], (data.owner >= 0)[keep]
 
 
 def train_base_model(cfg: ExperimentConfig, progress: bool = True) -> Path:
