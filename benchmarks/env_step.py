@@ -26,8 +26,9 @@ from unlearn_env import probes, siss
 from unlearn_env.config import PRESETS, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
-from unlearn_env.env import UnlearningEnv, split_pools
+from unlearn_env.env import UnlearningEnv
 from unlearn_env.pretrain import load_base_unet
+from unlearn_env.task_data import split_pools
 from unlearn_env.terminal import TerminalJudge
 
 from timing import json_target, time_block

@@ -51,8 +51,9 @@ from unlearn_env import siss
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides, positive_int
 from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, build_unet, noise_coefficients
-from unlearn_env.env import UnlearningEnv, split_pools
+from unlearn_env.env import UnlearningEnv
 from unlearn_env.pretrain import BASE_FILE, base_model_dir, load_base_unet
+from unlearn_env.task_data import split_pools
 from unlearn_env.vector_env import BatchedUnlearningEnv
 
 from timing import json_target, positive_int_list, time_block

@@ -63,7 +63,8 @@ def test_episode_runs_horizon_steps_with_documented_observation(env: UnlearningE
         assert obs[0] == pytest.approx(info["loss_retain"], rel=1e-6)
         assert obs[3] == pytest.approx(info["grad_norm_forget"], rel=1e-6)
         assert sum(info["reward_terms"].values()) == pytest.approx(reward)
-        assert all(isinstance(v, (float, int, bool, dict)) for v in info.values())
+        assert all(isinstance(v, (float, int, bool, dict, str)) for v in info.values())
+        assert info["task"] == "1-trouser-0.3-s0"  # the test preset's task, in text form
     with pytest.raises(RuntimeError, match="call reset"):
         env.step(np.array([0.5], dtype=np.float32))
 

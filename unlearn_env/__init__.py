@@ -4,6 +4,9 @@ Importing the package registers ``SISSUnlearning-v0``::
 
     import gymnasium, unlearn_env
     env = gymnasium.make("SISSUnlearning-v0", preset="test", horizon=20)
+    tasks = gymnasium.make("SISSUnlearning-v0", preset="test", tasks="train")  # an instance set
+
+Forget tasks and instance sets: :mod:`unlearn_env.tasks`, :mod:`unlearn_env.instances`.
 """
 
 import gymnasium

@@ -171,6 +171,9 @@ class UnlearnConfig:
     observation: ObservationMode = "paper"
     """``paper``: the 6 entries of SPEC §5 (losses and norms measured on theta_t, before the step's
     update); ``extended`` appends the probe losses of theta_{t+1} (retain, forget): 8 entries."""
+    task_features: bool = False
+    """Append the episode's task to the observation (CARL's visible context): one-hot forget digit, one-hot
+    Fashion-MNIST class, contamination ratio (21 entries, :data:`unlearn_env.tasks.TASK_FEATURE_NAMES`)."""
     probe_size: int = 32
     """Probe images per side (held-out retain, forget) whose plain losses are measured after each update."""
     probe_holdout: float = 0.05

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +13,14 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from unlearn_env import probes, rewards, siss
-from unlearn_env.config import ExperimentConfig, RetainSource, UnlearnConfig, get_config
-from unlearn_env.data import UnlearningData, build_unlearning_data, to_uint8
+from unlearn_env.config import TASK_FIELDS, ExperimentConfig, UnlearnConfig, get_config
+from unlearn_env.data import to_uint8
 from unlearn_env.diffusion import build_scheduler, ddim_sample, image_grid, noise_coefficients, sampling_noise
+from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSet, TaskSetSpec, single_task_set, task_set
 from unlearn_env.pretrain import load_base_unet
 from unlearn_env.rewards import ProbeLosses, TerminalScore
+from unlearn_env.task_data import TaskData, build_task_data
+from unlearn_env.tasks import TASK_FEATURE_NAMES, ForgetTask
 
 OBS_NAMES: tuple[str, ...] = (
     "loss_retain",
@@ -30,6 +33,14 @@ OBS_NAMES: tuple[str, ...] = (
 """Names of the observation entries, in order (``observation="paper"``)."""
 EXTENDED_OBS_NAMES: tuple[str, ...] = (*OBS_NAMES, "probe_loss_retain", "probe_loss_forget")
 """Names of the observation entries with ``observation="extended"``."""
+NO_FEATURES = np.zeros(0, dtype=np.float32)
+"""The task features of an observation without them (``task_features=False``)."""
+
+
+def observation_names(cfg: UnlearnConfig) -> tuple[str, ...]:
+    """Names of the observation entries of ``cfg``, in order (the ``extended`` probes, then the task's features)."""
+    names = EXTENDED_OBS_NAMES if cfg.observation == "extended" else OBS_NAMES
+    return (*names, *TASK_FEATURE_NAMES) if cfg.task_features else names
 
 
 # The per-step bookkeeping below is shared by :class:`UnlearningEnv` and the batched
@@ -67,28 +78,29 @@ def gradient_error(
 
 
 def make_spaces(cfg: UnlearnConfig) -> tuple[spaces.Box, spaces.Box]:
-    """The action space (lambda itself) and the observation space (6 or 8 floats) of one environment."""
+    """The action space (lambda itself) and the observation space (:func:`observation_names`) of one environment."""
     action_space = spaces.Box(cfg.lambda_min, cfg.lambda_max, shape=(1,), dtype=np.float32)
     high = [cfg.obs_limit] * 4 + [cfg.lambda_max, 1.0]
     low = [0.0] * 4 + [cfg.lambda_min, 0.0]
     if cfg.observation == "extended":
         high, low = high + [cfg.obs_limit] * 2, low + [0.0] * 2
+    if cfg.task_features:
+        high, low = high + [1.0] * len(TASK_FEATURE_NAMES), low + [0.0] * len(TASK_FEATURE_NAMES)
     return action_space, spaces.Box(np.array(low, dtype=np.float32), np.array(high, dtype=np.float32), dtype=np.float32)
 
 
-def split_pools(data: UnlearningData, cfg: UnlearnConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(update images, update labels, probe images, probe labels)``.
+def env_task_set(config: ExperimentConfig, tasks: TaskSetSpec | None, overridden: Iterable[str] = ()) -> TaskSet:
+    """The tasks of an env built from ``config`` with ``tasks`` (``None``: the config's own task).
 
-    The retain probe pool (``probe_holdout`` of X\\A, stratified, fixed by the data) is never drawn by
-    an update; the updates draw x from the rest of X\\A (``retain_source="retain"``, as the official
-    code) or from the rest of X (``"all"``).
+    With ``tasks``, each task sets the data section's task fields and companions, so overriding
+    one of them as well (a key of ``overridden``) is refused as a contradiction.
     """
-    held = probes.holdout_mask(data.retain_labels, cfg.probe_holdout, cfg.probe_size)
-    update_images, update_labels = data.retain_images[~held], data.retain_labels[~held]
-    if cfg.retain_source == "all":
-        update_images = torch.cat([update_images, data.forget_images])
-        update_labels = torch.cat([update_labels, data.forget_labels])
-    return update_images, update_labels, data.retain_images[held], data.retain_labels[held]
+    if tasks is None:
+        return single_task_set(config.data)
+    clash = sorted(set(overridden) & {*TASK_FIELDS, "companions"})
+    if clash:
+        raise ValueError(f"{', '.join(clash)} would be set twice: each task of tasks= sets it; leave it out")
+    return task_set(config.preset, tasks)
 
 
 def episode_seeds(np_random: np.random.Generator) -> tuple[int, int]:
@@ -135,25 +147,28 @@ def check_action(action: np.ndarray | float, low: float, high: float) -> tuple[f
 
 def build_observation(
     values: np.ndarray, prev_lambda: float, time_fraction: float, probe: ProbeLosses, cfg: UnlearnConfig,
-    space: spaces.Box,
+    space: spaces.Box, features: np.ndarray = NO_FEATURES,
 ) -> np.ndarray:
-    """The state: the four measured scalars, lambda_{t-1}, t/T (and the probe losses when extended), clipped to ``space``."""
+    """The state: the four measured scalars, lambda_{t-1}, t/T (the probe losses when extended, the task's
+    ``features`` when ``task_features``), clipped to ``space``."""
     entries = [*values, prev_lambda, time_fraction]
     if cfg.observation == "extended":
         entries += [probe.retain, probe.forget]
+    if cfg.task_features:
+        entries += list(features)
     obs = np.nan_to_num(np.array(entries, dtype=np.float64), nan=cfg.obs_limit, posinf=cfg.obs_limit)
     return np.clip(obs, space.low, space.high).astype(np.float32)
 
 
 def reset_outcome(
-    values: np.ndarray, probe_0: ProbeLosses, cfg: UnlearnConfig, space: spaces.Box
+    values: np.ndarray, probe_0: ProbeLosses, cfg: UnlearnConfig, space: spaces.Box, task: TaskData
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """First observation and info of an episode, from the scalars and probe losses measured on the base model."""
+    """First observation and info of an episode of ``task``, from the scalars and probe losses measured on the base model."""
     if not (np.all(np.isfinite(values)) and np.isfinite(probe_0.retain) and np.isfinite(probe_0.forget)):
         raise FloatingPointError(f"the base model gives non-finite losses {values}, {probe_0}: is the checkpoint corrupted?")
-    obs = build_observation(values, cfg.lambda_init, 0.0, probe_0, cfg, space)
+    obs = build_observation(values, cfg.lambda_init, 0.0, probe_0, cfg, space, task.features)
     info = {"loss_retain": float(values[0]), "loss_forget": float(values[1]),
-            "probe_loss_retain": probe_0.retain, "probe_loss_forget": probe_0.forget}
+            "probe_loss_retain": probe_0.retain, "probe_loss_forget": probe_0.forget, "task": task.task.text}
     return obs, info
 
 
@@ -165,19 +180,19 @@ def step_outcome(
     lam: float,
     prev_lambda: float,
     t: int,
-    n: int,
-    k: int,
-    config: ExperimentConfig,
+    task: TaskData,
     space: spaces.Box,
     terminal: TerminalScore | None = None,
 ) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
-    """Observation, reward, termination and info of the t-th update (t counts from 1) with the given lambda.
+    """Observation, reward, termination and info of the t-th update (t counts from 1) of ``task`` with the given lambda.
 
     ``values`` are the scalars measured in the step (L_r, L_f, ||grad L_r||, ||grad L_f||) on theta_t;
     ``probe`` the probe losses of theta_{t+1}, ``probe_prev`` those of theta_t and ``probe_0`` those of
     theta_0. If a value or a probe loss is not finite the step diverged (``info["diverged"]``). In
-    ``outcome`` mode the last step adds the ``terminal`` judge score.
+    ``outcome`` mode the last step adds the ``terminal`` judge score. The task gives n, k, the config
+    and the observation's task features.
     """
+    config, n, k = task.config, task.n, task.k
     cfg, reward_cfg = config.unlearn, config.reward
     info: dict[str, Any] = {
         "lambda": lam,
@@ -188,10 +203,11 @@ def step_outcome(
         "probe_loss_retain": probe.retain,
         "probe_loss_forget": probe.forget,
         "step": t,
+        "task": task.task.text,
     }
     if not (np.all(np.isfinite(values)) and np.isfinite(probe.retain) and np.isfinite(probe.forget)):
         info.update(diverged=True, loss_siss=float("nan"), reward_terms={rewards.CRASH_TERM: -reward_cfg.crash_penalty})
-        obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space)
+        obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space, task.features)
         return obs, -reward_cfg.crash_penalty, True, info
     loss_siss = float(siss.siss_objective(probe.retain, probe.forget, n, k, cfg.superfactor))
     if reward_cfg.reward == "paper":
@@ -203,7 +219,7 @@ def step_outcome(
             info.update(terminal_concept_rate=terminal.concept_rate, terminal_digit_share=terminal.digit_share,
                         terminal_retain_accuracy=terminal.retain_accuracy)
     info.update(diverged=False, loss_siss=loss_siss, reward_terms=terms)
-    obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space)
+    obs = build_observation(values, lam, t / cfg.horizon, probe, cfg, space, task.features)
     return obs, float(sum(terms.values())), t >= cfg.horizon, info
 
 
@@ -240,7 +256,27 @@ class UnlearningEnv(gym.Env):
 
     Entries 0-3 are measured in the step's forward pass, on theta_t before its update (the
     paper's state: one update old); entries 6-7 on the model after it. The first observation is
-    measured on the restored base model with lambda_{-1} = ``lambda_init``.
+    measured on the restored base model with lambda_{-1} = ``lambda_init``. With
+    ``task_features=True`` the episode's task follows (21 entries in [0, 1]: one-hot forget digit,
+    one-hot Fashion-MNIST class, contamination ratio; :func:`observation_names`); hidden by default.
+
+    ## Tasks
+
+    Without ``tasks`` the env runs the one forget task its config names (``forget_class``,
+    ``fashion_class``, ``contamination``, ``data_seed``, with ``companions`` in its training data).
+    ``tasks`` makes it a multi-task env: an instance set's name (``"train"``, ``"test"``: the
+    preset's file in ``unlearn_env/instances/``), one task or a list (text such as
+    ``"3-bag-0.1-s0"``, mappings or :class:`~unlearn_env.tasks.ForgetTask`; see
+    :func:`unlearn_env.instances.task_set`), or a :class:`~unlearn_env.instances.TaskSet`. The
+    tasks share one base model (their family's) and one UNet; each task's forget set, retain and
+    probe pools, n, k, update rule and terminal judge are built once, here. Each reset picks the
+    episode's task: ``reset(options={"task": t})`` (text, mapping or ``ForgetTask``; it must be one
+    of the env's tasks), else the next one of ``task_order`` (``"round-robin"``, the default, in
+    the order given; ``"random"``, a uniform draw seeded by the reset seed), see
+    :class:`~unlearn_env.instances.TaskSchedule`. A seeded reset restarts that order (so
+    ``reset(seed=s)`` is deterministic); resets without a seed go on through it. An episode of
+    task t with seed s is the episode an env built for t alone gives with seed s. ``info["task"]`` names the task (its text form) at
+    reset and every step; ``env.task`` is it and ``env.config`` its config (``config.data`` names it).
 
     ## Reward
 
@@ -272,23 +308,23 @@ class UnlearningEnv(gym.Env):
         preset: str = "cpu",
         config: ExperimentConfig | None = None,
         render_mode: str | None = None,
+        tasks: TaskSetSpec | None = None,
+        task_order: TaskOrder = "round-robin",
         **overrides: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.config = (config or get_config(preset)).with_overrides(**overrides)
+        base_config = (config or get_config(preset)).with_overrides(**overrides)
         self.render_mode = render_mode
-        cfg = self.config.unlearn
-        self.device = self.config.runtime.torch_device()
+        cfg = base_config.unlearn
+        self.device = base_config.runtime.torch_device()
 
-        data = build_unlearning_data(self.config.data, self.config.model.image_size).to(self.device)
-        self.n, self.k = data.n, data.k
-        self.forget_class = data.forget_class
-        self.forget_images, self.forget_labels = data.forget_images, data.forget_labels
-        self.retain_images, self.retain_labels, self.probe_images, self.probe_labels = split_pools(data, cfg)
-        self.retain_classes = sorted(set(data.retain_labels.tolist()) - {self.forget_class})
+        self.task_set = env_task_set(base_config, tasks, overrides)
+        self.task_schedule = TaskSchedule(self.task_set, task_order)
+        self.task_data = {d.task: d for d in build_task_data(
+            [self.task_set.config_of(task, base_config) for task in self.task_set], self.device)}
+        self._use_task(self.task_set.tasks[0])
         self.hflip_forget = self.config.pretrain.hflip_forget
-        self.update_rule = siss.UpdateRule.from_config(cfg, self.n, self.k, data.forget_images[0].numel())
 
         runtime = self.config.runtime
         self.unet = load_base_unet(self.config, self.device)
@@ -311,11 +347,6 @@ class UnlearningEnv(gym.Env):
             self.params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, foreach=True
         )
         self.generator = torch.Generator(device=self.device)
-        self.terminal_judge = None
-        if self.config.reward.reward == "outcome":
-            from unlearn_env.terminal import TerminalJudge
-
-            self.terminal_judge = TerminalJudge(self.config, self.retain_classes, self.device)
 
         self.action_space, self.observation_space = make_spaces(cfg)
 
@@ -330,8 +361,13 @@ class UnlearningEnv(gym.Env):
     # ------------------------------------------------------------------ Gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Restore the base model and a fresh optimiser, draw the episode's probe set, measure the first state."""
+        """Pick the episode's task, restore the base model and a fresh optimiser, draw the probe set, measure the first state.
+
+        ``options["task"]`` runs that task (one of the env's); otherwise ``task_order`` picks it.
+        """
+        task = self.task_schedule.next(seed, (options or {}).get("task"))  # a bad task raises before any change
         super().reset(seed=seed)
+        self._use_task(task)
         batch_seed, probe_seed = episode_seeds(self.np_random)
         self.generator.manual_seed(batch_seed)
         probe_generator = torch.Generator().manual_seed(probe_seed)
@@ -351,8 +387,7 @@ class UnlearningEnv(gym.Env):
         lam = torch.tensor(self._prev_lambda, device=self.device)
         m = self._measure(lam)
         self._probe_0 = self._probe_now = self._probe_losses()
-        obs, info = reset_outcome(self._scalars(m), self._probe_0, self.config.unlearn, self.observation_space)
-        return obs, info
+        return reset_outcome(self._scalars(m), self._probe_0, self.config.unlearn, self.observation_space, self._task)
 
     def step(self, action: np.ndarray | float) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply one SISS update with lambda = ``action``."""
@@ -417,6 +452,17 @@ class UnlearningEnv(gym.Env):
         return np.repeat(grid[:, :, None], 3, axis=2)
 
     # ------------------------------------------------------------------ internals
+
+    def _use_task(self, task: ForgetTask) -> None:
+        """Make ``task``'s data the env's: its config, pools, n, k, update rule and terminal judge."""
+        data = self.task_data[task]
+        self._task = data
+        self.task, self.config = data.task, data.config
+        self.n, self.k, self.forget_class = data.n, data.k, data.forget_class
+        self.forget_images, self.forget_labels = data.forget_images, data.forget_labels
+        self.retain_images, self.retain_labels = data.retain_images, data.retain_labels
+        self.probe_images, self.probe_labels = data.probe_images, data.probe_labels
+        self.retain_classes, self.update_rule, self.terminal_judge = data.retain_classes, data.update_rule, data.terminal_judge
 
     def _draw_batch(self, generator: torch.Generator | None = None) -> siss.SISSBatch:
         """A SISS minibatch from the episode's generator (or from ``generator``)."""
@@ -508,8 +554,8 @@ class UnlearningEnv(gym.Env):
             terminal = self.terminal_judge.score(self.unet, self.scheduler, self._terminal_noise)
         lam = self._prev_lambda if update.lam is None else update.lam
         obs, reward, terminated, info = step_outcome(
-            values, probe, self._probe_now, self._probe_0, lam, self._prev_lambda, self._t, self.n, self.k,
-            self.config, self.observation_space, terminal,
+            values, probe, self._probe_now, self._probe_0, lam, self._prev_lambda, self._t, self._task,
+            self.observation_space, terminal,
         )
         info.update(extra)
         self._done = terminated

@@ -25,10 +25,17 @@ from unlearn_env.rewards import TerminalScore
 class TerminalJudge:
     """Samples a model for the forget and retain labels and scores the samples with the judge."""
 
-    def __init__(self, config: ExperimentConfig, retain_classes: list[int], device: torch.device) -> None:
+    def __init__(
+        self, config: ExperimentConfig, retain_classes: list[int], device: torch.device, judge: nn.Module | None = None
+    ) -> None:
+        """Judge the task ``config.data`` names (its concept, :func:`evaluation.judge.concept_label`).
+
+        The judge is the same for every task (its cache key has no task in it): ``judge`` passes
+        one already loaded, else it is loaded (trained if need be).
+        """
         from evaluation.judge import concept_label, ensure_judge
 
-        self.judge = ensure_judge(config, device, progress=False)
+        self.judge = judge if judge is not None else ensure_judge(config, device, progress=False)
         self.forget_class = config.data.forget_class
         self.concept = concept_label(config.data.fashion_class)
         reward = config.reward

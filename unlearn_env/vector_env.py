@@ -20,19 +20,20 @@ from torch.func import functional_call, vmap
 
 from unlearn_env import probes, siss
 from unlearn_env.config import ExperimentConfig, get_config
-from unlearn_env.data import build_unlearning_data
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.env import (
     check_action,
+    env_task_set,
     episode_seeds,
     make_spaces,
     reset_outcome,
-    split_pools,
     step_outcome,
     update_info,
 )
+from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSetSpec
 from unlearn_env.pretrain import load_base_unet
 from unlearn_env.rewards import ProbeLosses, TerminalScore
+from unlearn_env.task_data import TaskData, build_task_data
 
 ForwardMode = Literal["auto", "vmap", "loop"]
 
@@ -95,6 +96,16 @@ class BatchedUnlearningEnv(VectorEnv):
     sub-environment ends after T updates or when it diverges (the others go on). In ``outcome``
     mode a sub-environment reaching T is sampled and judged on its own.
 
+    ## Tasks
+
+    ``tasks`` and ``task_order`` as ``UnlearningEnv``'s: the N sub-environments may run episodes of
+    different tasks of one family in the same batch (one base model, so one architecture), each
+    with its own task's pools, n, k, update coefficients, probe set and terminal judge. In
+    ``round-robin`` order sub-environment i's episodes take tasks i, i + N, i + 2N, ... (modulo the
+    number of tasks), so N concurrent episodes spread over the tasks; ``random`` draws each
+    sub-environment's tasks from its own reset seed. ``reset(options={"tasks": [...]})`` gives one
+    task (or ``None``: the next of its order) per sub-environment; ``infos["task"]`` names them.
+
     ## Autoreset
 
     ``AutoresetMode.NEXT_STEP`` (``metadata["autoreset_mode"]``), as Gymnasium's vector envs: the
@@ -105,7 +116,8 @@ class BatchedUnlearningEnv(VectorEnv):
     ## Arguments
 
     * ``num_envs``: N.
-    * ``preset``, ``config``, ``**overrides``: as ``UnlearningEnv`` (one config for all N).
+    * ``preset``, ``config``, ``tasks``, ``task_order``, ``**overrides``: as ``UnlearningEnv`` (one
+      config for all N, up to each task's data section).
     * ``forward``: how the N models' forward pass is batched. ``"vmap"`` runs them as one
       vmapped model; ``"loop"`` calls them one after another inside the same step (the
       backward passes, norms and optimiser stay batched). ``"auto"`` (default) takes vmap on
@@ -121,6 +133,8 @@ class BatchedUnlearningEnv(VectorEnv):
         preset: str = "cpu",
         config: ExperimentConfig | None = None,
         forward: ForwardMode = "auto",
+        tasks: TaskSetSpec | None = None,
+        task_order: TaskOrder = "round-robin",
         **overrides: Any,
     ) -> None:
         if num_envs < 1:
@@ -128,11 +142,11 @@ class BatchedUnlearningEnv(VectorEnv):
         if forward not in ("auto", "vmap", "loop"):
             raise ValueError(f"forward must be 'auto', 'vmap' or 'loop', got {forward!r}")
         self.num_envs = num_envs
-        self.config = (config or get_config(preset)).with_overrides(**overrides)
+        base_config = (config or get_config(preset)).with_overrides(**overrides)
         self.render_mode = None
-        cfg = self.config.unlearn
-        self.device = self.config.runtime.torch_device()
-        runtime = self.config.runtime
+        cfg = base_config.unlearn
+        self.device = base_config.runtime.torch_device()
+        runtime = base_config.runtime
         if runtime.channels_last or runtime.compile_unet:
             raise ValueError("BatchedUnlearningEnv supports precision=bf16 but not channels_last or compile_unet")
         self._bf16 = runtime.precision == "bf16"
@@ -140,12 +154,18 @@ class BatchedUnlearningEnv(VectorEnv):
             forward = "vmap" if self.device.type == "cuda" else "loop"
         self.forward_mode: ForwardMode = forward
 
-        data = build_unlearning_data(self.config.data, self.config.model.image_size).to(self.device)
-        self.n, self.k = data.n, data.k
-        self.forget_images, self.forget_labels = data.forget_images, data.forget_labels
-        self.retain_images, self.retain_labels, self.probe_images, self.probe_labels = split_pools(data, cfg)
+        self.task_set = env_task_set(base_config, tasks, overrides)
+        self.task_schedules = [TaskSchedule(self.task_set, task_order, start=i, stride=num_envs)
+                               for i in range(num_envs)]
+        self.task_data = {d.task: d for d in build_task_data(
+            [self.task_set.config_of(task, base_config) for task in self.task_set], self.device)}
+        first = self.task_data[self.task_set.tasks[0]]
+        # The first task's config; the sections other than data are every task's (task_of(i).config).
+        self.config = first.config
+        self._tasks: list[TaskData] = [first] * num_envs
         self.hflip_forget = self.config.pretrain.hflip_forget
-        self.update_rule = siss.UpdateRule.from_config(cfg, self.n, self.k, data.forget_images[0].numel())
+        # The clip of the combined update (per-pixel units) is the same for every task.
+        self.max_grad_norm = first.update_rule.max_grad_norm
         self.scheduler = build_scheduler(self.config.model)
         self.gamma, self.sigma = noise_coefficients(self.scheduler, self.device)
 
@@ -171,13 +191,8 @@ class BatchedUnlearningEnv(VectorEnv):
         nan = ProbeLosses(float("nan"), float("nan"))
         self._probe_0 = [nan] * num_envs
         self._probe_now = [nan] * num_envs
-        self.terminal_judge = None
         self._terminal_noise: list[Tensor | None] = [None] * num_envs
         if self.config.reward.reward == "outcome":
-            from unlearn_env.terminal import TerminalJudge
-
-            retain_classes = sorted(set(data.retain_labels.tolist()) - {data.forget_class})
-            self.terminal_judge = TerminalJudge(self.config, retain_classes, self.device)
             # A model to load one sub-environment's weights into for sampling.
             self._scratch = load_base_unet(self.config, self.device).eval()
 
@@ -190,6 +205,10 @@ class BatchedUnlearningEnv(VectorEnv):
         self._prev_lambda = np.full(num_envs, cfg.lambda_init)
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._started = False
+
+    def task_of(self, i: int) -> TaskData:
+        """The task data of sub-environment i's current episode (``.task``, ``.config``, ``.n``, ``.k``, pools)."""
+        return self._tasks[i]
 
     def model_state(self, i: int) -> dict[str, Tensor]:
         """Sub-environment i's current weights as a ``UNet2DModel`` state dict (copies), e.g. to evaluate them."""
@@ -205,11 +224,15 @@ class BatchedUnlearningEnv(VectorEnv):
 
         ``seed``: ``None`` (fresh entropy, or each sub-environment's own stream if it has one),
         an int ``s`` (sub-environment i gets ``s + i``) or one seed per sub-environment.
+        ``options["tasks"]``: one task (or ``None``, the next of the task order) per sub-environment.
         """
         seeds = self._seed_list(seed)
         mask = self._reset_mask(options)
         ids = np.flatnonzero(mask)
+        requested = self._requested_tasks(options)
+        chosen = {i: self.task_schedules[i].next(seeds[i], requested[i]) for i in ids}
         for i in ids:
+            self._tasks[i] = self.task_data[chosen[i]]
             self._reseed(i, seeds[i])
         self._restore(ids)
         values, *_ = self._measure(ids, np.full(len(ids), self.config.unlearn.lambda_init))
@@ -218,7 +241,7 @@ class BatchedUnlearningEnv(VectorEnv):
         for row, i in enumerate(ids):
             self._probe_0[i] = self._probe_now[i] = probe_0[row]
             self._obs[i], info = reset_outcome(values[row], probe_0[row], self.config.unlearn,
-                                               self.single_observation_space)
+                                               self.single_observation_space, self._tasks[i])
             infos = self._add_info(infos, info, i)
         self._autoreset[ids] = False
         self._started = True
@@ -241,6 +264,7 @@ class BatchedUnlearningEnv(VectorEnv):
 
         reset_ids = np.flatnonzero(resetting)
         for i in reset_ids:
+            self._tasks[i] = self.task_data[self.task_schedules[i].next()]
             self._reseed(i, None)
         self._restore(reset_ids)
         ids = np.arange(self.num_envs)
@@ -262,18 +286,19 @@ class BatchedUnlearningEnv(VectorEnv):
         for i in ids:
             if resetting[i]:
                 self._probe_0[i] = self._probe_now[i] = after[i]
-                self._obs[i], info = reset_outcome(values[i], after[i], cfg, self.single_observation_space)
+                self._obs[i], info = reset_outcome(values[i], after[i], cfg, self.single_observation_space,
+                                                   self._tasks[i])
             else:
                 self._t[i] += 1
                 probe = after.get(i, nan)
                 self._obs[i], rewards[i], terminated[i], info = step_outcome(
                     values[i], probe, self._probe_now[i], self._probe_0[i], float(lams[i]),
-                    float(self._prev_lambda[i]), int(self._t[i]), self.n, self.k, self.config,
+                    float(self._prev_lambda[i]), int(self._t[i]), self._tasks[i],
                     self.single_observation_space, self._terminal_score(i, probe),
                 )
                 info["action_clipped"] = bool(clipped[i])
                 if updating[i]:
-                    info.update(update_info(float(norms[np.searchsorted(rows, i)]), self.update_rule))
+                    info.update(update_info(float(norms[np.searchsorted(rows, i)]), self._tasks[i].update_rule))
                 if not info["diverged"]:
                     self._prev_lambda[i] = lams[i]
                     self._probe_now[i] = probe
@@ -293,6 +318,16 @@ class BatchedUnlearningEnv(VectorEnv):
         if len(seeds) != self.num_envs:
             raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} sub-environments")
         return seeds
+
+    def _requested_tasks(self, options: dict[str, Any] | None) -> list[Any]:
+        """``options["tasks"]`` as one entry per sub-environment (``None``: the next of its task order)."""
+        requested = (options or {}).get("tasks")
+        if requested is None:
+            return [None] * self.num_envs
+        if isinstance(requested, (str, dict)) or len(requested) != self.num_envs:
+            raise ValueError(f"options['tasks'] must list one task (or None) for each of the {self.num_envs} "
+                             f"sub-environments, got {requested!r}")
+        return list(requested)
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray:
         mask = (options or {}).get("reset_mask")
@@ -314,21 +349,22 @@ class BatchedUnlearningEnv(VectorEnv):
         batch_seed, probe_seed = episode_seeds(self._np_randoms[i])
         self._generators[i].manual_seed(batch_seed)
         probe_generator = torch.Generator().manual_seed(probe_seed)
-        cfg = self.config.unlearn
+        task = self._tasks[i]
         self._probe_sets[i] = probes.draw_probe_set(
-            self.probe_images, self.probe_labels, self.forget_images, self.forget_labels, cfg.probe_size,
-            self.config.model.num_train_timesteps, self.hflip_forget, probe_generator,
+            task.probe_images, task.probe_labels, task.forget_images, task.forget_labels,
+            self.config.unlearn.probe_size, self.config.model.num_train_timesteps, self.hflip_forget, probe_generator,
         )
-        if self.terminal_judge is not None:
-            self._terminal_noise[i] = self.terminal_judge.draw_noise(probe_generator)
+        if task.terminal_judge is not None:
+            self._terminal_noise[i] = task.terminal_judge.draw_noise(probe_generator)
 
     def _terminal_score(self, i: int, probe: ProbeLosses) -> TerminalScore | None:
         """The judge's score of sub-environment i's model when its episode ends this step (``outcome`` mode)."""
-        if (self.terminal_judge is None or self._t[i] < self.config.unlearn.horizon
+        judge = self._tasks[i].terminal_judge
+        if (judge is None or self._t[i] < self.config.unlearn.horizon
                 or not np.isfinite([probe.retain, probe.forget]).all()):
             return None
         self._scratch.load_state_dict(self.model_state(i), strict=False)
-        return self.terminal_judge.score(self._scratch, self.scheduler, self._terminal_noise[i])
+        return judge.score(self._scratch, self.scheduler, self._terminal_noise[i])
 
     @torch.no_grad()
     def _probe(self, ids: np.ndarray) -> list[ProbeLosses]:
@@ -384,8 +420,9 @@ class BatchedUnlearningEnv(VectorEnv):
         size = cfg.batch_size
         # Each sub-environment draws from its own generator, in the order UnlearningEnv does.
         draws = [
-            siss.draw_batch(self.retain_images, self.retain_labels, self.forget_images, self.forget_labels,
-                            size, self.config.model.num_train_timesteps, self._generators[i], self.hflip_forget)
+            siss.draw_batch(self._tasks[i].retain_images, self._tasks[i].retain_labels, self._tasks[i].forget_images,
+                            self._tasks[i].forget_labels, size, self.config.model.num_train_timesteps,
+                            self._generators[i], self.hflip_forget)
             for i in ids
         ]
         fields = [f.name for f in dataclasses.fields(siss.SISSBatch)]
@@ -417,17 +454,17 @@ class BatchedUnlearningEnv(VectorEnv):
     def _update(self, ids: np.ndarray, grad_r: Tensor, grad_f: Tensor, norm_f: Tensor) -> np.ndarray:
         """The SISS update of the sub-environments ``ids``: ``siss.apply_update`` row by row, in one go.
 
-        Direction c_r g_r - c_f g_f with each row's coefficients, each row's norm clipped to
-        the rule's ``max_grad_norm``, then torch.optim.AdamW's arithmetic with each row's step
-        count. Returns each row's direction norm before the clip.
+        Direction c_r g_r - c_f g_f with each row's coefficients (its task's update rule), each
+        row's norm clipped to ``max_grad_norm``, then torch.optim.AdamW's arithmetic with each
+        row's step count. Returns each row's direction norm before the clip.
         """
         if len(ids) == 0:
             return np.zeros(0)
         cfg = self.config.unlearn
-        coef_r, coef_f = self.update_rule.coefficients(norm_f)
-        direction = grad_r * _column(coef_r, grad_r) - grad_f * _column(coef_f, grad_f)
+        coef_r, coef_f = self._coefficients(ids, norm_f)
+        direction = grad_r * coef_r - grad_f * coef_f
         norm = torch.linalg.vector_norm(direction, dim=1, keepdim=True)
-        clip = self.update_rule.max_grad_norm
+        clip = self.max_grad_norm
         if clip is not None:
             direction *= (clip / (norm + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
 
@@ -449,6 +486,16 @@ class BatchedUnlearningEnv(VectorEnv):
         if not full:
             self._theta[index], self._exp_avg[index], self._exp_avg_sq[index] = theta, exp_avg, exp_avg_sq
         return norm.reshape(-1).double().cpu().numpy()
+
+
+    def _coefficients(self, ids: np.ndarray, norm_f: Tensor) -> tuple[Tensor, Tensor]:
+        """Columns ``(M, 1)`` of (c_r, c_f) of the sub-environments ``ids``, each from its task's update rule."""
+        rules = [self._tasks[i].update_rule for i in ids]
+        if all(rule == rules[0] for rule in rules):  # every row of one task: one vectorised call
+            coef_r, coef_f = rules[0].coefficients(norm_f)
+            return _column(coef_r, norm_f), _column(coef_f, norm_f)
+        pairs = [rule.coefficients(norm_f[j : j + 1]) for j, rule in enumerate(rules)]
+        return tuple(torch.cat([_column(pair[side], norm_f) for pair in pairs]) for side in (0, 1))
 
 
 def _column(values: Tensor | np.ndarray | float, like: Tensor) -> Tensor:
