@@ -3,8 +3,16 @@
     python train_policy.py --algo ppo --preset cpu --total-timesteps 3000 --seed 0 --out runs
     python train_policy.py --algo sac --preset test --env-kwargs horizon=16 lambda_max=0.8 --out runs
     python train_policy.py --algo ppo --preset cpu --seed 0 --out runs --resume --total-timesteps 6000
+    python train_policy.py --algo ppo --preset cpu --tasks train --env-kwargs task_features=true --out runs
 
-Writes ``<out>/<algo>/<preset>_<seed>/`` (see :mod:`agents.runs`): the model, its VecNormalize
+``--tasks`` trains one policy across a set of forget tasks (:mod:`unlearn_env.instances`): an
+instance set's name (``train``) or comma-separated tasks (``1-trouser-0.2-s0,3-bag-0.1-s0``); the
+env's episodes go through them in turn (``--task-order round-robin``, the default) or at random
+(``--task-order random``); the task of an episode is named in the Monitor CSV and its return is
+logged under ``task/<task>/return``. ``task_features=true`` shows the task to the policy.
+
+Writes ``<out>/<algo>/<preset>_<seed>/`` (``<preset>-<set>_<seed>/`` with ``--tasks``; see
+:mod:`agents.runs`): the model, its VecNormalize
 statistics, ``config.json`` (everything needed to rebuild the run), ``command.txt``, periodic
 checkpoints, Monitor CSVs and TensorBoard events with the per-step lambda, losses, gradient
 norms and reward terms and the per-episode return. Ctrl-C stops training, saves, and exits
@@ -16,7 +24,9 @@ at a time.
 ``--resume`` continues a run from its latest snapshot that reads back, with its saved
 settings: repeating the original command line plus ``--resume`` is fine, and so is a value
 equal to the saved one once resolved (``horizon=8`` where the preset's 8 was used); a
-different value is refused, except in the ``runtime`` section (device, cache folder).
+different value is refused, except in the ``runtime`` section (device, cache folder). The task
+set is saved resolved (tasks and family) and a resumed run trains on it, whatever the instance
+files say meanwhile.
 ``--total-timesteps`` is the run's total, so a resumed run trains the difference.
 """
 
@@ -56,8 +66,17 @@ from agents.runs import (
     save_atomically,
 )
 from unlearn_env.cache import atomic_write_json
-from unlearn_env.config import PRESETS, SECTIONS, get_config, parse_overrides, positive_int
+from unlearn_env.config import (
+    PRESETS,
+    SECTIONS,
+    TASK_FIELDS,
+    config_hash,
+    get_config,
+    parse_overrides,
+    positive_int,
+)
 from unlearn_env.data import DataError
+from unlearn_env.instances import TASK_ORDERS, TaskSet, task_set
 from unlearn_env.seeds import training_env_seed
 
 INTERRUPTED = 130
@@ -86,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="environment config overrides, e.g. horizon=30 alpha=0.5")
     parser.add_argument("--hyperparams", nargs="*", default=[], metavar="KEY=VALUE",
                         help="hyper-parameter overrides (YAML values), e.g. learning_rate=1e-3")
+    parser.add_argument("--tasks", default=None, metavar="SET|TASKS",
+                        help="train across forget tasks: an instance set of the preset (train, test) or "
+                             "comma-separated tasks such as 1-trouser-0.2-s0 (default: the config's one task)")
+    parser.add_argument("--task-order", choices=TASK_ORDERS, default=None,
+                        help="how episodes go through the tasks (default: round-robin)")
     parser.add_argument("--save-freq", type=positive_int, default=None,
                         help="checkpoint every this many env steps (default: every 5 episodes)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest snapshot")
@@ -110,6 +134,36 @@ def resolve_env_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]
     return json.loads(json.dumps(env_config.to_dict()))
 
 
+def tasks_setting(args: argparse.Namespace, preset: str) -> dict[str, Any] | None:
+    """The ``tasks`` entry of a run's config: the resolved task set (:meth:`TaskSet.to_dict`) and its order."""
+    if args.tasks is None:
+        if args.task_order is not None:
+            raise ValueError("--task-order needs --tasks")
+        return None
+    return {**task_set(preset, args.tasks).to_dict(), "order": args.task_order or "round-robin"}
+
+
+def task_arguments(tasks: dict[str, Any] | None) -> dict[str, Any]:
+    """The env's ``tasks`` and ``task_order`` arguments of a run's ``tasks`` setting (none without one)."""
+    if tasks is None:
+        return {}
+    return {"tasks": TaskSet(tuple(tasks["tasks"]), tuple(tasks["family"]), tasks["name"]),
+            "task_order": tasks["order"]}
+
+
+def _describe_tasks(tasks: dict[str, Any] | None) -> str:
+    return "the config's one task" if tasks is None else f"{', '.join(tasks['tasks'])}, {tasks['order']}"
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The run folder's name: ``<preset>_<seed>``, ``<preset>-<set>_<seed>`` with ``--tasks``."""
+    if args.tasks is None:
+        return f"{args.preset}_{args.seed}"
+    tasks = task_set(args.preset, args.tasks)
+    label = tasks.name or f"tasks{config_hash(tasks.texts())[:8]}"
+    return f"{args.preset}-{label}_{args.seed}"
+
+
 def new_config(args: argparse.Namespace) -> dict[str, Any]:
     """The settings of a new run: the command line over the preset and its hyper-parameter file."""
     env_kwargs = parse_overrides(args.env_kwargs)
@@ -124,6 +178,7 @@ def new_config(args: argparse.Namespace) -> dict[str, Any]:
         "env_kwargs": env_kwargs,
         "hyperparams": hyperparams,
         "env_config": resolve_env_config(args.preset, env_kwargs),
+        "tasks": tasks_setting(args, args.preset),
     }
 
 
@@ -146,6 +201,17 @@ def resumed_config(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any
                for key, value in hyperparams.items() if saved_hp.get(key, defaults.get(key)) != value]
     if args.n_envs is not None and args.n_envs != config["n_envs"]:
         differ.append(f"n_envs (saved {config['n_envs']}, given {args.n_envs})")
+    saved_tasks = config.get("tasks")
+    given_tasks = saved_tasks
+    if args.tasks is not None:
+        order = (saved_tasks or {}).get("order", "round-robin")
+        given_tasks = {**task_set(config["preset"], args.tasks).to_dict(), "order": order}
+    if args.task_order is not None:
+        if given_tasks is None:
+            raise ValueError("--task-order needs --tasks")
+        given_tasks = {**given_tasks, "order": args.task_order}
+    if given_tasks != saved_tasks:
+        differ.append(f"tasks (saved {_describe_tasks(saved_tasks)}, given {_describe_tasks(given_tasks)})")
     if differ:
         raise ValueError(f"--resume continues {layout.root} with its saved settings; these differ: {'; '.join(differ)}")
     config["env_config"] = env_config
@@ -211,10 +277,13 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
         snapshot = latest_snapshot(layout, normalized) if args.resume else None
         # A resumed run rebuilds its env from the saved resolved config: presets may change meanwhile.
         env_kwargs = saved_env_overrides(config["env_config"]) if args.resume else config["env_kwargs"]
+        if args.resume and config.get("tasks"):  # its tasks set the task fields, whose saved values are the preset's
+            env_kwargs = {key: value for key, value in env_kwargs.items() if key not in (*TASK_FIELDS, "companions")}
+        env_kwargs = {**env_kwargs, **task_arguments(config.get("tasks"))}
         vec_env = make_lambda_vec_env(config["preset"], env_kwargs, config["n_envs"], layout.monitor,
                                       config["vec_env"], append_monitor=args.resume)
         model = build_model(args, config, layout, vec_env, snapshot)
-    except (KeyError, ValueError, DataError) as err:
+    except (KeyError, ValueError, DataError) as err:  # TaskError is a ValueError
         if vec_env is not None:
             vec_env.close()
         usage_error(parser, _message(err))
@@ -272,7 +341,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    layout = RunLayout(args.out / args.algo / f"{args.preset}_{args.seed}")
+    try:
+        layout = RunLayout(args.out / args.algo / run_name(args))
+    except ValueError as err:  # a malformed --tasks
+        usage_error(parser, str(err))
     if args.resume and not layout.config.exists():
         usage_error(parser, f"--resume: {layout.root} holds no run")
     try:

@@ -6,7 +6,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import TensorBoardOutputFormat
 from torch.utils.tensorboard import SummaryWriter
 
-from agents.envs import EPISODE_KEYS
+from agents.envs import EPISODE_KEYS, TASK_KEY
 from unlearn_env.episode import step_scalars
 
 
@@ -16,7 +16,8 @@ class StepScalarsCallback(BaseCallback):
     Tags: :func:`unlearn_env.episode.step_scalars` (``step/lambda``, ``step/loss_retain``,
     ``step/grad_norm_forget``, ``reward/siss``, ...) at the global env step, and
     ``episode/return`` plus ``episode/<key>`` for :data:`agents.envs.EPISODE_KEYS` at the
-    episode's end, exactly as ``EpisodeLog.write`` does for the baselines. SB3's logger
+    episode's end, exactly as ``EpisodeLog.write`` does for the baselines, and the return once
+    more under ``task/<task>/return`` for the episode's forget task (one curve per task). SB3's logger
     keeps one value per key between dumps, so the per-step scalars go straight to its
     TensorBoard writer; the logger itself gets ``rollout/lambda_mean`` for the console table.
     Rewards are the environment's own, before any ``VecNormalize`` reward scaling.
@@ -45,6 +46,8 @@ class StepScalarsCallback(BaseCallback):
             episode = info.get("episode")
             if episode is not None:
                 self._writer.add_scalar("episode/return", episode["r"], step + 1)
+                if TASK_KEY in info:
+                    self._writer.add_scalar(f"task/{info[TASK_KEY]}/return", episode["r"], step + 1)
                 for key in EPISODE_KEYS:
                     if key in episode:  # absent behind a VecEnv that writes only Monitor's r, l, t
                         self._writer.add_scalar(f"episode/{key}", episode[key], step + 1)

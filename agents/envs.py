@@ -6,8 +6,9 @@ reward as the baselines); only these wrappers sit between:
 1. ``RescaleAction(env, -1, 1)``: SB3 expects a symmetric action box; the env's is lambda itself.
 2. :class:`EpisodeSummary`: adds lambda statistics and the reward terms summed over the
    episode to the info of its last step,
-3. ``Monitor``: writes them with the return and length to ``<monitor_dir>/<rank>.monitor.csv``
-   and to ``info["episode"]``, where :class:`agents.callbacks.StepScalarsCallback` finds them.
+3. ``Monitor``: writes them with the return, the length and the episode's forget task
+   (``task``, its text form) to ``<monitor_dir>/<rank>.monitor.csv`` and to ``info["episode"]``,
+   where :class:`agents.callbacks.StepScalarsCallback` finds them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ EPISODE_KEYS: tuple[str, ...] = (
     *(f"reward_{term}" for term in REWARD_TERMS),
 )
 """What :class:`EpisodeSummary` adds to the last info of an episode (and ``Monitor`` records)."""
+TASK_KEY = "task"
+"""The env's info entry naming the episode's forget task, which ``Monitor`` records too."""
 
 
 class EpisodeSummary(gym.Wrapper):
@@ -90,7 +93,8 @@ def make_lambda_env(
     env = RescaleAction(env, min_action=np.float32(-1.0), max_action=np.float32(1.0))  # float32 like the env's box
     env = EpisodeSummary(env)
     filename = str(monitor_file) if monitor_file is not None else None
-    return Monitor(env, filename=filename, info_keywords=EPISODE_KEYS, override_existing=not append_monitor)
+    return Monitor(env, filename=filename, info_keywords=(*EPISODE_KEYS, TASK_KEY),
+                   override_existing=not append_monitor)
 
 
 def make_lambda_vec_env(
@@ -107,13 +111,15 @@ def make_lambda_vec_env(
     with a free core per copy and ``OMP_NUM_THREADS=1``); each copy holds its own diffusion
     model. ``batched`` steps all runs in one batched computation
     (:class:`unlearn_env.vector_env.BatchedUnlearningEnv`, which rescales actions from [-1, 1]
-    itself); ``VecMonitor`` then records returns and lengths, without the episode summaries.
+    itself); ``VecMonitor`` then records returns, lengths and tasks, without the episode summaries.
+    ``env_kwargs`` may hold the env's ``tasks`` and ``task_order`` besides config overrides.
     """
     if monitor_dir is not None:
         monitor_dir.mkdir(parents=True, exist_ok=True)
     if vec_env == "batched":
         filename = str(monitor_dir / "batched") if monitor_dir is not None else None
-        return VecMonitor(make_sb3_batched_env(preset, n_envs, seed=0, env_kwargs=env_kwargs), filename=filename)
+        return VecMonitor(make_sb3_batched_env(preset, n_envs, seed=0, env_kwargs=env_kwargs), filename=filename,
+                          info_keywords=(TASK_KEY,))
     factories = [
         partial(
             make_lambda_env,

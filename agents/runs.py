@@ -1,8 +1,9 @@
 """The layout of a training run's folder, its snapshots (final model and checkpoints), atomic saves.
 
-``train_policy.py`` writes ``<out>/<algo>/<preset>_<seed>/``::
+``train_policy.py`` writes ``<out>/<algo>/<preset>_<seed>/`` (``<preset>-<set>_<seed>/`` with ``--tasks``)::
 
-    config.json            algo, preset, seed, env overrides, hyper-parameters, resolved env config
+    config.json            algo, preset, seed, env overrides, hyper-parameters, resolved env config,
+                           tasks (null, or the task set: name, tasks, family, order)
     command.txt            every command line that trained this run (one per line; --resume appends)
     model.zip              the latest saved model (end of training, or Ctrl-C)
     vecnormalize.pkl       its VecNormalize statistics
