@@ -356,6 +356,26 @@ def test_the_batched_env_steps_episodes_of_different_tasks_as_single_envs(mode: 
         batched.reset(options={"tasks": [order[0]]})
 
 
+def test_pretrain_trains_a_family_s_one_base_model_and_each_task_s_oracle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unlearn_env import pretrain
+
+    monkeypatch.setattr(pretrain, "SAMPLE_DDIM_STEPS", 2)  # the sample grid's 50 steps would dominate
+    fast = ["--env-kwargs", f"cache_dir={tmp_path}", "train_steps=2", "checkpoint_every=2"]
+    config = get_config("test", cache_dir=str(tmp_path), train_steps=2, checkpoint_every=2)
+    pretrain.main(["--preset", "test", "--tasks", "test", *fast])
+    assert [p.name for p in tmp_path.glob("base-*")] == [f"base-{TRAIN.config_of(TRAIN.tasks[0], config).base_model_key()}"]
+    pretrain.main(["--preset", "test", "--tasks", "train", "--oracle", *fast])
+    for task in TRAIN:
+        assert (pretrain.base_model_dir(TRAIN.config_of(task, config).oracle()) / pretrain.BASE_FILE).is_file()
+    assert len(list(tmp_path.glob("base-*"))) == 1 + len(TRAIN)
+    assert "3-bag-0.2-s0 oracle (EMA weights)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.main(["--preset", "test", "--tasks", "train", *fast, "contamination=0.1"])
+    assert exit_info.value.code == 2 and "contamination would be set twice" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- training across a set
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +13,10 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from unlearn_env import probes, rewards, siss
-from unlearn_env.config import TASK_FIELDS, ExperimentConfig, UnlearnConfig, get_config
+from unlearn_env.config import ExperimentConfig, UnlearnConfig, get_config
 from unlearn_env.data import to_uint8
 from unlearn_env.diffusion import build_scheduler, ddim_sample, image_grid, noise_coefficients, sampling_noise
-from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSet, TaskSetSpec, single_task_set, task_set
+from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSetSpec, resolve_task_set
 from unlearn_env.pretrain import load_base_unet
 from unlearn_env.rewards import ProbeLosses, TerminalScore
 from unlearn_env.task_data import TaskData, build_task_data
@@ -87,20 +87,6 @@ def make_spaces(cfg: UnlearnConfig) -> tuple[spaces.Box, spaces.Box]:
     if cfg.task_features:
         high, low = high + [1.0] * len(TASK_FEATURE_NAMES), low + [0.0] * len(TASK_FEATURE_NAMES)
     return action_space, spaces.Box(np.array(low, dtype=np.float32), np.array(high, dtype=np.float32), dtype=np.float32)
-
-
-def env_task_set(config: ExperimentConfig, tasks: TaskSetSpec | None, overridden: Iterable[str] = ()) -> TaskSet:
-    """The tasks of an env built from ``config`` with ``tasks`` (``None``: the config's own task).
-
-    With ``tasks``, each task sets the data section's task fields and companions, so overriding
-    one of them as well (a key of ``overridden``) is refused as a contradiction.
-    """
-    if tasks is None:
-        return single_task_set(config.data)
-    clash = sorted(set(overridden) & {*TASK_FIELDS, "companions"})
-    if clash:
-        raise ValueError(f"{', '.join(clash)} would be set twice: each task of tasks= sets it; leave it out")
-    return task_set(config.preset, tasks)
 
 
 def episode_seeds(np_random: np.random.Generator) -> tuple[int, int]:
@@ -319,7 +305,7 @@ class UnlearningEnv(gym.Env):
         cfg = base_config.unlearn
         self.device = base_config.runtime.torch_device()
 
-        self.task_set = env_task_set(base_config, tasks, overrides)
+        self.task_set = resolve_task_set(base_config, tasks, overrides)
         self.task_schedule = TaskSchedule(self.task_set, task_order)
         self.task_data = {d.task: d for d in build_task_data(
             [self.task_set.config_of(task, base_config) for task in self.task_set], self.device)}

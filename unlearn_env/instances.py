@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -37,7 +37,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import yaml
 
-from unlearn_env.config import DataConfig, ExperimentConfig
+from unlearn_env.config import TASK_FIELDS, DataConfig, ExperimentConfig
 from unlearn_env.tasks import ForgetTask, TaskError, TaskSpec, check_family, parse_task
 
 INSTANCES_DIR = Path(__file__).parent / "instances"
@@ -224,6 +224,20 @@ def task_set(preset: str, spec: TaskSetSpec) -> TaskSet:
     if not all(task in family for task in tasks):
         family = check_family(tasks)
     return TaskSet(tasks, family)
+
+
+def resolve_task_set(config: ExperimentConfig, tasks: TaskSetSpec | None, overridden: Iterable[str] = ()) -> TaskSet:
+    """The tasks of an env (or a pretraining) from ``config`` and ``tasks`` (``None``: the config's own task).
+
+    With ``tasks``, each task sets the data section's task fields and companions, so overriding
+    one of them as well (a key of ``overridden``) is refused as a contradiction.
+    """
+    if tasks is None:
+        return single_task_set(config.data)
+    clash = sorted(set(overridden) & {*TASK_FIELDS, "companions"})
+    if clash:
+        raise ValueError(f"{', '.join(clash)} would be set twice: each task of tasks= sets it; leave it out")
+    return task_set(config.preset, tasks)
 
 
 class TaskSchedule:

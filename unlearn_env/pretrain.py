@@ -14,7 +14,9 @@ Command line::
     python -m unlearn_env.pretrain --preset cpu [--env-kwargs key=value ...] [--force] [--oracle]
 
 ``--oracle`` trains the retrain oracle instead: the same recipe and budget on the retain set
-X\\A only (``train_on=retain``), cached under its own key.
+X\\A only (``train_on=retain``), cached under its own key. ``--tasks train`` (an instance set, or
+comma-separated forget tasks; :mod:`unlearn_env.instances`) trains the one base model of those
+tasks' family, and with ``--oracle`` the retrain oracle of each task of the set, one after another.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, at
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
 from unlearn_env.data import build_training_data, to_uint8
 from unlearn_env.diffusion import build_scheduler, build_unet, ddim_sample, image_grid, sampling_noise
+from unlearn_env.instances import resolve_task_set
 
 BASE_FILE = "base.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -202,15 +205,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain from scratch even if cached")
     parser.add_argument("--oracle", action="store_true",
                         help="train the retrain oracle (the same recipe on the retain set X\\A only)")
+    parser.add_argument("--tasks", default=None, metavar="SET|TASKS",
+                        help="the base model of these forget tasks' family: an instance set (train, test) or "
+                             "comma-separated tasks; with --oracle, the oracle of each task")
     args = parser.parse_args(argv)
     try:
-        cfg = get_config(args.preset, **parse_overrides(args.env_kwargs))
+        overrides = parse_overrides(args.env_kwargs)
+        cfg = get_config(args.preset, **overrides)
+        tasks = resolve_task_set(cfg, args.tasks, overrides)
     except (KeyError, ValueError) as err:
         parser.error(str(err.args[0]) if err.args else str(err))
-    if args.oracle:
-        cfg = cfg.oracle()
+    configs = [tasks.config_of(task, cfg) for task in tasks]
+    # Every task of a family shares one base model; each has its own oracle.
+    for config in [c.oracle() for c in configs] if args.oracle else configs[:1]:
+        pretrain_one(config, args.force)
 
-    if args.force:
+
+def pretrain_one(cfg: ExperimentConfig, force: bool) -> None:
+    """Train (or find cached) the model of ``cfg`` and print where it is; exit 130 on Ctrl-C, keeping the checkpoint."""
+    if force:
         for name in (BASE_FILE, CHECKPOINT_FILE):
             (base_model_dir(cfg) / name).unlink(missing_ok=True)
     try:
@@ -220,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         kept = f"the checkpoint {checkpoint} is kept" if checkpoint.exists() else "no checkpoint was written yet"
         print(f"\ninterrupted: {kept} (every {cfg.pretrain.checkpoint_every} steps); run the same command to resume")
         raise SystemExit(130) from None
-    print(f"base model (EMA weights): {base_path}")
+    label = f"{cfg.data.task()} oracle" if cfg.pretrain.train_on == "retain" else "base model"
+    print(f"{label} (EMA weights): {base_path}")
     print(f"sample grid:              {base_path.parent / SAMPLES_FILE}")
 
 

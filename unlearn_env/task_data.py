@@ -41,6 +41,8 @@ class TaskData:
 
     ``retain_images`` are the pool the updates draw x from, ``probe_images`` the retain probe
     pool (:func:`split_pools`); ``n`` = |X| (the family's whole training set) and ``k`` = |A|.
+    The retain pools hold the companions' contaminants as they are: pretraining mirrored them
+    (``hflip_forget``), the SISS draws mirror only the forget images, as they do for digits.
     """
 
     task: ForgetTask

@@ -23,14 +23,13 @@ from unlearn_env.config import ExperimentConfig, get_config
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.env import (
     check_action,
-    env_task_set,
     episode_seeds,
     make_spaces,
     reset_outcome,
     step_outcome,
     update_info,
 )
-from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSetSpec
+from unlearn_env.instances import TaskOrder, TaskSchedule, TaskSetSpec, resolve_task_set
 from unlearn_env.pretrain import load_base_unet
 from unlearn_env.rewards import ProbeLosses, TerminalScore
 from unlearn_env.task_data import TaskData, build_task_data
@@ -154,7 +153,7 @@ class BatchedUnlearningEnv(VectorEnv):
             forward = "vmap" if self.device.type == "cuda" else "loop"
         self.forward_mode: ForwardMode = forward
 
-        self.task_set = env_task_set(base_config, tasks, overrides)
+        self.task_set = resolve_task_set(base_config, tasks, overrides)
         self.task_schedules = [TaskSchedule(self.task_set, task_order, start=i, stride=num_envs)
                                for i in range(num_envs)]
         self.task_data = {d.task: d for d in build_task_data(
