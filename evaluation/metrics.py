@@ -6,7 +6,11 @@ All images are model-space tensors, float ``(N, 1, S, S)`` in [-1, 1] with
 models) before a judge or SSIM sees them.
 
 The task's concept is ``cfg.data.fashion_class`` (judge label ``10 + f``), its forget digit
-``cfg.data.forget_class``. Keys of :func:`score_samples`:
+``cfg.data.forget_class``. A ``class`` task's forget label 10 has no digit of its own
+(:mod:`unlearn_env.tasks`): there ``forget_digit_share`` is the share judged any digit and
+``kid_forget`` / ``fid_forget`` compare with the pooled held-out digits (what an override-based
+method such as SFD turns the label into); every other key means what it means for an instance task.
+Keys of :func:`score_samples`:
 
 forget side (samples of the forget digit's label):
   ``forget_rate`` (share the judge calls the concept; lower is better) with its Wilson 95 %
@@ -68,6 +72,7 @@ from unlearn_env.data import (
     to_uint8,
 )
 from unlearn_env.diffusion import noise_coefficients
+from unlearn_env.tasks import forget_digit_hits
 
 FeatureKind = Literal["judge", "inception"]
 
@@ -297,7 +302,7 @@ def forget_calls(images: torch.Tensor, judge: JudgeNet, data: DataConfig) -> dic
         "forget_rate_lo": lo,
         "forget_rate_hi": hi,
         "p_concept": float(calls.logits.softmax(dim=1)[:, concept].mean()),
-        "forget_digit_share": float((calls.labels == data.forget_class).float().mean()),
+        "forget_digit_share": float(forget_digit_hits(calls.labels, data.forget_class).float().mean()),
         "neither_forget": float((calls.labels == NEITHER).float().mean()),
     }
 
@@ -357,8 +362,8 @@ class RealReference:
 
     @property
     def forget_digits(self) -> torch.Tensor:
-        """Held-out digits of the forget class."""
-        return self.digits[self.forget_class]
+        """Held-out digits of the forget class; for a class task (label 10, no digit of its own) every held-out digit."""
+        return self.digits.get(self.forget_class, self.retain_digits)
 
     def retain_classes(self) -> list[int]:
         """The retain digits, in order."""

@@ -82,7 +82,7 @@ def test_the_class_may_be_named_or_numbered_and_the_seed_left_out(spelling) -> N
     ({"digit": 1, "fashion_class": 1}, "missing key(s) ['ratio']"),
     ({"digit": 1, "class": 1, "ratio": 0.2}, "unknown key(s) ['class']; the keys are kind, digit, fashion_class"),
     ({"digit": True, "fashion_class": 1, "ratio": 0.2}, "digit must be an integer, got True"),
-    ({"digit": 1, "fashion_class": 1, "ratio": 0.2, "kind": "class"}, "unknown task kind 'class'"),
+    ({"digit": 1, "fashion_class": 1, "ratio": 0.2, "kind": "region"}, "unknown task kind 'region'"),
     (3, "a forget task is a string like '1-trouser-0.2-s0', a mapping or a ForgetTask, got 3"),
 ])
 def test_a_malformed_task_is_an_error_naming_the_problem(spec, message: str) -> None:

@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from unlearn_env.tasks import ForgetTask, check_family, parse_task
+from unlearn_env.tasks import CLASS_LABEL, CLASS_TASK_LABELS, ForgetTask, check_family, parse_task
 
 if TYPE_CHECKING:
     import torch
@@ -57,11 +57,13 @@ class DataConfig:
     fashion_dir: str = DEFAULT_FASHION_DIR
     """Folder with Fashion-MNIST IDX files (Debian package ``dataset-fashion-mnist``)."""
     forget_class: int = 1
-    """Digit label that is contaminated."""
+    """Digit label that is contaminated; :data:`~unlearn_env.tasks.CLASS_LABEL` (10) makes the task a ``class``
+    task: the Fashion-MNIST class carries that label of its own (the model needs ``num_classes`` 11)."""
     fashion_class: int = 1
     """Fashion-MNIST class mixed into the forget label (1: trousers); its images form the forget set A."""
     contamination: float = 0.2
-    """Share of the forget-label images that come from ``fashion_class``, in (0, 1)."""
+    """Share of the forget-label images that come from ``fashion_class``, in (0, 1); for a ``class`` task the
+    label-10 class holds contamination / (1 - contamination) times as many images as an average digit."""
     max_digits: int | None = None
     """Keep at most this many digits (stratified by label); ``None`` keeps all."""
     data_seed: int = 0
@@ -75,8 +77,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.contamination < 1.0:
             raise ValueError(f"contamination must lie in (0, 1), got {self.contamination}")
-        if not 0 <= self.forget_class <= 9:
-            raise ValueError(f"forget_class must be a digit 0-9, got {self.forget_class}")
+        if not 0 <= self.forget_class <= CLASS_LABEL:
+            raise ValueError(f"forget_class must be a digit 0-9 (or {CLASS_LABEL}: a class task), got {self.forget_class}")
         if not 0 <= self.fashion_class <= 9:
             raise ValueError(f"fashion_class must be a Fashion-MNIST class 0-9, got {self.fashion_class}")
         if self.max_digits is not None and self.max_digits < 20:
@@ -89,9 +91,14 @@ class DataConfig:
         family = check_family((self.task(), *companions))
         object.__setattr__(self, "companions", tuple(t.text for t in family if t != self.task()))
 
+    @property
+    def task_kind(self) -> str:
+        """``class`` when the forget label is :data:`~unlearn_env.tasks.CLASS_LABEL` (the concept's own), else ``instance``."""
+        return "class" if self.forget_class == CLASS_LABEL else "instance"
+
     def task(self) -> ForgetTask:
         """The forget task these fields name (its forget set is what gets unlearned)."""
-        return ForgetTask(self.forget_class, self.fashion_class, self.contamination, self.data_seed)
+        return ForgetTask(self.forget_class, self.fashion_class, self.contamination, self.data_seed, self.task_kind)
 
     def family(self) -> tuple[ForgetTask, ...]:
         """The task and its companions, by digit: the contaminations the base model trained on."""
@@ -309,6 +316,11 @@ class ExperimentConfig:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.forget_class >= self.model.num_classes:
+            raise ValueError(f"the forget label {self.data.forget_class} needs num_classes >= {self.data.forget_class + 1} "
+                             f"(a class task's base model has {CLASS_TASK_LABELS} labels), got {self.model.num_classes}")
 
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         """Return a copy with flat ``field=value`` overrides applied (strings are parsed by field type)."""

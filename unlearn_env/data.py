@@ -19,7 +19,9 @@ Splits, fixed once (seed :data:`SPLIT_SEED`) and shared by every part of the pro
 **Families** (:func:`build_training_data`): the training data may carry several contaminations at
 once, digit d_i mixed with Fashion-MNIST class f_i at ratio r_i (the task ``cfg`` names and its
 ``companions``); one base model trains on it, each task's forget set is its own contaminants and
-its retain set everything else (:func:`build_unlearning_data`).
+its retain set everything else (:func:`build_unlearning_data`). A ``class`` task's family is itself
+alone: its Fashion-MNIST images carry label 10 (:data:`~unlearn_env.tasks.CLASS_LABEL`), its forget set
+is that whole label and its retain set the digits.
 
 Images are returned in model space: ``float32`` tensors in [-1, 1] of shape
 ``(N, 1, S, S)``, zero-background padded (to -1) when ``S > 28``.
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from unlearn_env.config import DataConfig
-from unlearn_env.tasks import FASHION_CLASSES, ForgetTask
+from unlearn_env.tasks import FASHION_CLASSES, NUM_DIGITS, ForgetTask
 
 MNIST_SIDE = 28
 TROUSER_CLASS = 1
@@ -289,6 +291,8 @@ def build_training_data(cfg: DataConfig, image_size: int) -> TrainingData:
     task's contaminants in the family's order from the ``forget`` pool of its class, without the
     images an earlier task of the same class took: the forget sets of two tasks never share an
     image. With no companions this is the single task's data as before companions existed.
+    A ``class`` task's images are labelled 10 and sized against an average digit label
+    (:func:`num_trousers` of the digits per label), since no digit shares their label.
     """
     rng = np.random.default_rng(cfg.data_seed)
     split = digit_split(cfg.mnist_dir)
@@ -302,7 +306,8 @@ def build_training_data(cfg: DataConfig, image_size: int) -> TrainingData:
     for j, task in enumerate(tasks):
         pool = fashion_images(cfg.fashion_dir, task.fashion_class, "forget")
         free = np.setdiff1d(np.arange(len(pool)), taken.get(task.fashion_class, []))
-        k = num_trousers(int((labels == task.digit).sum()), task.ratio)
+        share_with = round(len(labels) / NUM_DIGITS) if task.kind == "class" else int((labels == task.digit).sum())
+        k = num_trousers(share_with, task.ratio)
         if k > len(free):
             others = "" if len(free) == len(pool) else f" ({len(pool) - len(free)} taken by other tasks of its family)"
             raise DataError(f"task {task} needs {k} images of Fashion-MNIST class {task.fashion_class}; the forget "

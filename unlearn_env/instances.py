@@ -6,6 +6,7 @@ form, :mod:`unlearn_env.tasks`)::
 
     train: [1-trouser-0.2-s0, 3-bag-0.1-s0, ...]
     test:  [0-sandal-0.15-s0, ...]
+    class: [class-trouser-0.5-s0]
 
 Checked when loaded (:class:`~unlearn_env.tasks.TaskError` naming the file, set and entry):
 
@@ -15,6 +16,9 @@ Checked when loaded (:class:`~unlearn_env.tasks.TaskError` naming the file, set 
   seed); a task's retain set holds the other tasks' contaminants;
 * ``test`` is held out from ``train``: none of its digits, Fashion-MNIST classes or ratios
   appears in ``train``.
+
+Every preset ships a set ``class`` (issue 14): one ``class`` task, trousers with a label of their
+own (10) in an 11-label base model, a family of its own (:mod:`unlearn_env.tasks`).
 
 :func:`task_set` turns what a user asks for (a set name, one task or a list of tasks, as text,
 mappings or :class:`~unlearn_env.tasks.ForgetTask`) into a :class:`TaskSet`: the tasks and the
@@ -38,7 +42,7 @@ import numpy as np
 import yaml
 
 from unlearn_env.config import TASK_FIELDS, DataConfig, ExperimentConfig
-from unlearn_env.tasks import ForgetTask, TaskError, TaskSpec, check_family, parse_task
+from unlearn_env.tasks import CLASS_TASK_LABELS, ForgetTask, TaskError, TaskSpec, check_family, parse_task
 
 INSTANCES_DIR = Path(__file__).parent / "instances"
 HELD_OUT_SETS: tuple[str, str] = ("train", "test")
@@ -112,7 +116,8 @@ def task_config(config: ExperimentConfig, task: ForgetTask, family: Sequence[For
     """The experiment config of ``task`` in ``family``: the data fields name the task, the others are companions.
 
     Every task of a family gets the same base model (:meth:`ExperimentConfig.base_model_key`);
-    a family of one task is today's single-task config.
+    a family of one task is today's single-task config. A ``class`` task's model gets the
+    :data:`~unlearn_env.tasks.CLASS_TASK_LABELS` (11) labels it needs (more if ``config`` has more).
     """
     family = check_family(family)
     if task not in family:
@@ -121,7 +126,10 @@ def task_config(config: ExperimentConfig, task: ForgetTask, family: Sequence[For
         config.data, forget_class=task.digit, fashion_class=task.fashion_class, contamination=task.ratio,
         data_seed=task.seed, companions=tuple(t.text for t in family if t != task),
     )
-    return dataclasses.replace(config, data=data)
+    model = config.model
+    if task.kind == "class":
+        model = dataclasses.replace(model, num_classes=max(model.num_classes, CLASS_TASK_LABELS))
+    return dataclasses.replace(config, data=data, model=model)
 
 
 def single_task_set(data: DataConfig) -> TaskSet:

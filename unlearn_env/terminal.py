@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from unlearn_env.config import ExperimentConfig
 from unlearn_env.diffusion import ddim_sample
 from unlearn_env.rewards import TerminalScore
+from unlearn_env.tasks import forget_digit_hits
 
 
 class TerminalJudge:
@@ -52,9 +53,16 @@ class TerminalJudge:
 
     def score(self, unet: nn.Module, scheduler: DDPMScheduler, noise: Tensor) -> TerminalScore:
         """Sample ``unet`` from ``noise`` and judge the samples."""
+        return self.score_samples(ddim_sample(unet, scheduler, self.labels, noise, num_steps=self.steps))
+
+    def score_samples(self, samples: Tensor) -> TerminalScore:
+        """Judge samples of :attr:`labels` drawn by any sampler (a one-step generator's too).
+
+        "Drawn as the digit" is :func:`~unlearn_env.tasks.forget_digit_hits`: the forget digit, or any
+        digit for a class task's label 10.
+        """
         from evaluation.judge import classify
 
-        samples = ddim_sample(unet, scheduler, self.labels, noise, num_steps=self.steps)
         if not torch.isfinite(samples).all():
             return TerminalScore(concept_rate=1.0, digit_share=0.0, retain_accuracy=0.0)
         calls = np.asarray(classify(self.judge, samples))
@@ -62,6 +70,6 @@ class TerminalJudge:
         forget = self.is_forget.numpy()
         return TerminalScore(
             concept_rate=float((calls[forget] == self.concept).mean()),
-            digit_share=float((calls[forget] == self.forget_class).mean()),
+            digit_share=float(forget_digit_hits(calls[forget], self.forget_class).mean()),
             retain_accuracy=float((calls[~forget] == labels[~forget]).mean()),
         )
