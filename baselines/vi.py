@@ -221,7 +221,7 @@ def run_vi_episode(
             data_term = loss_siss.to(kl.device)
             scalars = {"vi/elbo": float((data_term + vi_cfg.beta * kl).detach())}
         else:
-            obs, reward, terminated, truncated, info, slope, objective = lookahead_step(env, float(lam), probe_0)
+            obs, reward, terminated, truncated, info, slope, objective = lookahead_step(env, float(lam.detach()), probe_0)
             # A surrogate whose phi-gradient is (dJ/dlambda) dlambda/dphi: the hypergradient of the look-ahead.
             data_term = torch.as_tensor(slope, dtype=lam.dtype) * lam
             scalars = {"vi/objective": objective, "vi/dJ_dlambda": slope}
