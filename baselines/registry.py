@@ -29,6 +29,27 @@ A runner is ``runner(env, options, seed) -> EpisodeLog``: ``env`` is the environ
 wrapper that forwards ``reset`` and ``step_update`` (``env.unwrapped`` is what a runner steps,
 as the VI baseline does); the model is left unlearned in the env. Methods outside this
 package register the same way, from their own module, before the spec is parsed.
+
+**Sampling hook.** Most methods unlearn the env's diffusion model, which the evaluation samples
+with its own diffusion sampler. A method whose result is another kind of sampler (SFD's one-step
+generator, ``baselines.sfd``) registers ``sample``: ``sample(env, options, labels, noise) ->
+images``, called after the runner on the same ``env`` and ``options``, with the evaluation's
+labels ``(N,)`` and its standard-normal noise ``(N, 1, S, S)`` (the same noise every method of
+a seed gets), returning model-space images ``(N, 1, S, S)`` in [-1, 1] on the env's device,
+deterministic in ``noise``. The runner leaves what the hook needs where the hook finds it (on
+``env.unwrapped``), and in ``env.unet`` the diffusion model whose denoising losses stand for its
+result in the data-level metrics (SFD: the generator's fake score network). ``MethodSpec.sample``
+is ``None`` for every other method: sample ``env.unet`` with the evaluation's sampler. An
+evaluation therefore draws a method's samples as::
+
+    log = entry.runner(env, options, seed)
+    if entry.sample is not None:
+        samples = entry.sample(env, options, labels, noise)
+    else:
+        samples = sample(env.unwrapped.unet, scheduler, labels, noise, sampler)
+
+Mid-episode probes sample ``env.unet`` with the diffusion sampler, so ``evaluate.py`` does not
+probe a method that has its own sampler.
 """
 
 from __future__ import annotations
@@ -41,15 +62,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
+from torch import Tensor
 
 from unlearn_env.config import _coerce
 from unlearn_env.episode import EpisodeLog
 
-DataNeeds = Literal["retain+forget", "forget only", "retain only", "none"]
-"""What a method reads of the data: both sets, the forget set A alone, the retain set X\\A alone, or nothing."""
+DataNeeds = Literal["retain+forget", "forget only", "retain only", "labels only", "forget+labels", "none"]
+"""What a method reads of the data: both sets, the forget set A alone, the retain set X\\A alone, the retain
+set's labels alone (no image: SFD draws its labels from their distribution), the forget set and the retain
+labels, or nothing."""
 
 Runner = Callable[[gym.Env, Any, int], EpisodeLog]
 """``runner(env, options, seed)``: one episode from the base model, returned as an :class:`EpisodeLog`."""
+
+SampleHook = Callable[[gym.Env, Any, Tensor, Tensor], Tensor]
+"""``sample(env, options, labels, noise) -> images``: a method's own sampler (module docstring)."""
 
 BUILTIN_MODULES: tuple[str, ...] = (
     "baselines.static",
@@ -83,6 +110,8 @@ class MethodSpec:
     passes: str
     """Cost of one update in UNet passes over a minibatch, e.g. ``1F+2B`` (one forward, two backward)."""
     description: str
+    sample: SampleHook | None = None
+    """The method's own sampler (module docstring); ``None``: the evaluation's diffusion sampler on ``env.unet``."""
 
     def option_fields(self) -> list[dataclasses.Field]:
         """The options dataclass's fields, in declaration order (the first takes a positional value)."""
@@ -155,13 +184,15 @@ def register(
     data: DataNeeds = "retain+forget",
     passes: str = "1F+2B",
     description: str = "",
+    sample: SampleHook | None = None,
     replace: bool = False,
 ) -> MethodSpec:
     """Add a method to the registry and return its entry.
 
     ``options_cls`` must be a dataclass whose fields all have defaults (``NAME`` alone is a valid
-    spec). A name already registered is refused unless ``replace`` is true or it is the same
-    definition imported again (same options class, runner, data and passes by name).
+    spec). ``sample`` is the method's own sampler, if its result is not the env's diffusion model
+    (module docstring). A name already registered is refused unless ``replace`` is true or it is
+    the same definition imported again (same options class, runner, sampler, data and passes by name).
     """
     if not name or any(ch in name for ch in _FORBIDDEN_IN_NAMES):
         raise ValueError(f"method name {name!r} must be non-empty and contain none of {_FORBIDDEN_IN_NAMES!r}")
@@ -173,7 +204,7 @@ def register(
         raise TypeError(f"{name}: every option needs a default, {missing} have none")
     if data not in typing.get_args(DataNeeds):
         raise ValueError(f"{name}: data must be one of {typing.get_args(DataNeeds)}, got {data!r}")
-    entry = MethodSpec(name, options_cls, runner, data, passes, description)
+    entry = MethodSpec(name, options_cls, runner, data, passes, description, sample)
     if name in _REGISTRY and not replace and not _same_definition(_REGISTRY[name], entry):
         raise ValueError(f"a method named {name!r} is already registered (pass replace=True to replace it)")
     _REGISTRY[name] = entry
@@ -184,6 +215,7 @@ def _same_definition(old: MethodSpec, new: MethodSpec) -> bool:
     """Whether ``new`` is ``old``'s module imported again (``python -m baselines.static`` imports it as ``__main__``)."""
     return (old.options_cls.__qualname__ == new.options_cls.__qualname__
             and getattr(old.runner, "__qualname__", None) == getattr(new.runner, "__qualname__", None)
+            and getattr(old.sample, "__qualname__", None) == getattr(new.sample, "__qualname__", None)
             and (old.data, old.passes) == (new.data, new.passes))
 
 

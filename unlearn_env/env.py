@@ -425,6 +425,14 @@ class UnlearningEnv(gym.Env):
             self._pending = self._draw_batch()
         return self._pending
 
+    @property
+    def terminal_noise(self) -> Tensor | None:
+        """The initial noise of this episode's terminal judge samples (``outcome`` mode; ``None`` otherwise).
+
+        A method with its own loop and sampler (``baselines.sfd``) scores its final model from it.
+        """
+        return self._terminal_noise
+
     def render(self) -> np.ndarray | None:
         """An RGB grid of the current model's DDIM samples: rows are the forget label, then retain labels."""
         if self.render_mode != "rgb_array":
