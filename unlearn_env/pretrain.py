@@ -32,7 +32,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json
+from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json, check_may_build
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
 from unlearn_env.data import build_training_data, to_uint8
 from unlearn_env.diffusion import build_scheduler, build_unet, ddim_sample, image_grid, sampling_noise
@@ -176,6 +176,8 @@ def ensure_base_model(cfg: ExperimentConfig, progress: bool = True) -> Path:
     with artifact_lock(folder):
         if base_path.exists():  # another process built it while this one waited
             return base_path
+        what = f"the {cfg.data.task()} oracle" if cfg.pretrain.train_on == "retain" else "the base model"
+        check_may_build(f"{what} of preset {cfg.preset!r} (train seed {cfg.pretrain.train_seed})", base_path)
         return train_base_model(cfg, progress=progress)
 
 
