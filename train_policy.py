@@ -4,6 +4,7 @@
     python train_policy.py --algo sac --preset test --env-kwargs horizon=16 lambda_max=0.8 --out runs
     python train_policy.py --algo ppo --preset cpu --seed 0 --out runs --resume --total-timesteps 6000
     python train_policy.py --algo ppo --preset cpu --tasks train --env-kwargs task_features=true --out runs
+    python train_policy.py --algo ppo --preset cpu --seeds 0-4 --workers 2 --out runs
 
 ``--tasks`` trains one policy across a set of forget tasks (:mod:`unlearn_env.instances`): an
 instance set's name (``train``) or comma-separated tasks (``1-trouser-0.2-s0,3-bag-0.1-s0``); the
@@ -28,6 +29,15 @@ different value is refused, except in the ``runtime`` section (device, cache fol
 set is saved resolved (tasks and family) and a resumed run trains on it, whatever the instance
 files say meanwhile.
 ``--total-timesteps`` is the run's total, so a resumed run trains the difference.
+
+``--seeds 0-4`` (or ``0,2,5``) trains several seeds, each into its own run folder, with the
+same settings: one after another, or at the same time as tasks on Ray workers with ``--workers N``
+(a local Ray instance) or ``--ray-address ADDR`` (a cluster; :mod:`evaluation.grid`, which also
+says what ``--cpus-per-run``, ``--gpus-per-run`` and ``--retries`` do). Every seed's settings are
+checked before the first one trains. A seed whose worker died is trained again from its latest
+snapshot. With ``--resume`` every seed that has a run continues it and the others start one, so
+an interrupted command is picked up by the same command plus ``--resume``. On a cluster ``--out``
+must be a folder every node shares: the workers write the run folders.
 """
 
 from __future__ import annotations
@@ -35,7 +45,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import socket
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -65,11 +78,13 @@ from agents.runs import (
     run_lock,
     save_atomically,
 )
+from evaluation import grid
 from unlearn_env.cache import atomic_write_json
 from unlearn_env.config import (
     PRESETS,
     SECTIONS,
     TASK_FIELDS,
+    ExperimentConfig,
     config_hash,
     get_config,
     parse_overrides,
@@ -86,13 +101,31 @@ USAGE_ERROR = 2
 """Exit status of a mistake in the settings, as argparse gives for one on the command line."""
 
 
+def seed_list(text: str) -> list[int]:
+    """argparse type of ``--seeds``: ``0-4`` (inclusive), ``0,2,5`` or a mix, without repeats."""
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            first, dash, last = part.partition("-")
+            seeds += range(int(first), int(last) + 1) if dash else [int(part)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds such as 0-4 or 0,2,5, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds such as 0-4 or 0,2,5, got {text!r}")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: a seed's command (command.txt) is the command line less --seeds and the grid's options.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--algo", required=True, choices=sorted(ALGOS))
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--total-timesteps", type=positive_int, default=None,
                         help="env steps of the whole run (default: n_timesteps of the hyper-parameter file)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
+    parser.add_argument("--seeds", type=seed_list, default=None, metavar="SEEDS",
+                        help="train these seeds, each into its own run folder: 0-4, 0,2,5 (at once with --workers)")
     parser.add_argument("--n-envs", type=positive_int, default=None,
                         help="environment copies (default: n_envs of the file)")
     parser.add_argument("--vec-env", choices=("dummy", "subproc", "batched"), default=None,
@@ -116,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="device of the agent's networks (the env has its own)")
     parser.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     parser.add_argument("--verbose", type=int, default=0)
+    grid.add_arguments(parser)
     return parser
 
 
@@ -222,6 +256,16 @@ def resumed_config(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any
     return config
 
 
+def run_settings(args: argparse.Namespace, layout: RunLayout) -> dict[str, Any]:
+    """The run's settings: new, or the saved ones checked against the command line (``--resume``).
+
+    Raises ``KeyError``, ``ValueError`` or ``DataError`` for a mistake in them.
+    """
+    config = resumed_config(args, layout) if args.resume else new_config(args)
+    check_rollout_length(args.algo, config["hyperparams"], config["env_config"]["unlearn"]["horizon"])
+    return config
+
+
 def build_model(
     args: argparse.Namespace, config: dict[str, Any], layout: RunLayout, vec_env: VecEnv, snapshot: Snapshot | None
 ) -> BaseAlgorithm:
@@ -270,9 +314,8 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
         usage_error(parser, f"{layout.root} already holds a run: pass --resume to continue it")
     vec_env: VecEnv | None = None
     try:
-        config = resumed_config(args, layout) if args.resume else new_config(args)
+        config = run_settings(args, layout)
         horizon = config["env_config"]["unlearn"]["horizon"]
-        check_rollout_length(args.algo, config["hyperparams"], horizon)
         normalized = vecnormalize_kwargs(config["hyperparams"]) is not None
         snapshot = latest_snapshot(layout, normalized) if args.resume else None
         # A resumed run rebuilds its env from the saved resolved config: presets may change meanwhile.
@@ -336,11 +379,8 @@ def train(args: argparse.Namespace, layout: RunLayout, parser: argparse.Argument
     return layout.root
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Train (or resume) one run; return its folder. Exits with status 130 after Ctrl-C, once saved."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+def train_one(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> Path:
+    """Train (or resume) the run of ``args.seed`` in this process; return its folder."""
     try:
         layout = RunLayout(args.out / args.algo / run_name(args))
     except ValueError as err:  # a malformed --tasks
@@ -352,6 +392,162 @@ def main(argv: list[str] | None = None) -> Path:
             return train(args, layout, parser, argv)
     except RunError as err:  # the folder is busy, or none of its snapshots reads back
         raise SystemExit(str(err)) from None
+
+
+# ------------------------------------------------------------------------------ several seeds
+
+GRID_FLAGS = ("--seeds", "--workers", "--ray-address", "--cpus-per-run", "--gpus-per-run", "--retries")
+"""Options of the whole command, not of one seed's run (each takes a value)."""
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    """One seed of ``--seeds``: its arguments and its command line (as ``command.txt`` records it)."""
+
+    seed: int
+    args: argparse.Namespace
+    argv: list[str]
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What a worker reports of one seed: its folder, or why it failed."""
+
+    seed: int
+    folder: str
+    host: str
+    seconds: float
+    error: str = ""
+
+
+def seed_argv(argv: list[str], seed: int, resume: bool) -> list[str]:
+    """The command line of one seed's run: ``argv`` less the grid's options (and ``--resume`` for a new run)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in GRID_FLAGS or token == "--seed":
+            skip = True
+        elif token.split("=", 1)[0] not in (*GRID_FLAGS, "--seed") and (resume or token != "--resume"):
+            out.append(token)
+    return [*out, "--seed", str(seed)]
+
+
+def seed_job(args: argparse.Namespace, argv: list[str], seed: int, on_grid: bool,
+             parser: argparse.ArgumentParser) -> tuple[SeedJob, dict[str, Any]]:
+    """One seed's run and its settings, checked: a mistake exits with status 2 before any seed trains.
+
+    With ``--resume``, a seed without a run starts one.
+    """
+    one = argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None,
+                                "progress_bar": args.progress_bar and not on_grid})
+    try:
+        layout = RunLayout(args.out / args.algo / run_name(one))
+    except ValueError as err:  # a malformed --tasks
+        usage_error(parser, str(err))
+    one.resume = args.resume and layout.config.exists()
+    if not one.resume and layout.config.exists():
+        usage_error(parser, f"{layout.root} already holds a run: pass --resume to continue it")
+    try:
+        settings = run_settings(one, layout)
+    except (KeyError, ValueError, DataError) as err:
+        usage_error(parser, _message(err))
+    return SeedJob(seed, one, seed_argv(argv, seed, one.resume)), settings
+
+
+def env_configs(config: dict[str, Any]) -> list[ExperimentConfig]:
+    """The env configs of a run's settings: its one task's, or every task's of its set."""
+    env = get_config(config["preset"], **saved_env_overrides(config["env_config"]))
+    tasks = task_arguments(config.get("tasks")).get("tasks")
+    return [env] if tasks is None else [tasks.config_of(task, env) for task in tasks]
+
+
+def no_state() -> None:
+    """A training worker keeps nothing between seeds."""
+
+
+def train_seed(_: None, job: SeedJob) -> SeedResult:
+    """Train one seed in a worker; a failure is reported, not raised, so that the other seeds go on."""
+    args, argv = job.args, job.argv
+    layout = RunLayout(args.out / args.algo / run_name(args))
+    if not args.resume and layout.config.exists():
+        # The driver found no run here: the attempt of a worker that died wrote it. Continue that one.
+        args = argparse.Namespace(**{**vars(args), "resume": True})
+        argv = [*argv, "--resume"]
+    start, error = time.perf_counter(), ""
+    try:
+        with run_lock(layout):
+            train(args, layout, build_parser(), argv)
+    except SystemExit as stop:  # a settings mistake (its line is in the worker's log) or Ctrl-C there
+        error = str(stop.code) if isinstance(stop.code, str) else f"train_policy.py exited with status {stop.code}"
+    except Exception as err:  # noqa: BLE001 - one seed's failure is reported, the others go on
+        error = f"{type(err).__name__}: {err}"
+    return SeedResult(job.seed, str(layout.root), socket.gethostname(), time.perf_counter() - start, error)
+
+
+def train_seeds(args: argparse.Namespace, argv: list[str], options: grid.GridOptions,
+                parser: argparse.ArgumentParser) -> list[Path]:
+    """Every seed of ``--seeds``: one after another in-process, or at once on Ray workers. Exits 1 if one failed."""
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    checked = [seed_job(args, argv, seed, options.enabled, parser) for seed in seeds]
+    jobs = [job for job, _ in checked]
+    if not options.enabled:
+        return [train_one(job.args, parser, job.argv) for job in jobs]
+    try:
+        configs = [config for _, settings in checked for config in env_configs(settings)]
+        roles = ("judge",) if any(c.reward.reward == "outcome" for c in configs) else ()
+        bundle = grid.bundle_of(grid.prepare_artifacts(configs, roles), configs[0].runtime)
+    except DataError as err:
+        usage_error(parser, str(err))
+    folders: dict[int, Path] = {}
+    progress = grid.GridProgress(len(jobs), 0, f"train {args.algo}", args.progress_bar)
+
+    def on_result(job: SeedJob, result: SeedResult) -> bool:
+        if result.error:
+            progress.write(f"seed {job.seed} FAILED on {result.host}: {result.error}")
+            return True
+        folder = Path(result.folder)
+        elsewhere = "" if RunLayout(folder).model.exists() else (
+            f"; its files are on {result.host}, not here: use an --out that every node shares")
+        progress.write(f"seed {job.seed}: {folder} ({result.seconds:.0f} s{elsewhere})")
+        folders[job.seed] = folder
+        return False
+
+    def on_lost(job: SeedJob, why: str) -> None:
+        progress.write(f"seed {job.seed} FAILED: {why}")
+
+    try:
+        grid.run_grid(jobs, setup=no_state, work=train_seed, options=options, bundle=bundle,
+                      cache_dir=configs[0].runtime.cache_dir, describe=lambda job: f"seed {job.seed}",
+                      on_result=on_result, on_lost=on_lost, progress=progress)
+    except KeyboardInterrupt:
+        progress.write(f"interrupted: {len(folders)} of {len(jobs)} seeds trained; the others keep their latest "
+                       "snapshots: rerun with --resume to continue them")
+        raise SystemExit(INTERRUPTED) from None
+    except grid.GridError as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        progress.close()
+    if len(folders) < len(jobs):
+        raise SystemExit(1)
+    return [folders[seed] for seed in seeds]
+
+
+def main(argv: list[str] | None = None) -> Path | list[Path]:
+    """Train (or resume) one run and return its folder, or with ``--seeds`` or a grid every seed's folder.
+
+    Exits with status 130 after Ctrl-C, once saved; with several seeds, 1 if one failed.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    if args.seed is not None and args.seeds is not None:
+        usage_error(parser, "give --seed or --seeds, not both")
+    args.seed = 0 if args.seed is None else args.seed
+    options = grid.options_of(args, parser)
+    if args.seeds is None and not options.enabled:
+        return train_one(args, parser, argv)
+    return train_seeds(args, argv, options, parser)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ from torch import Tensor, nn
 
 from baselines.loop import Compute, ModelContext, gradient, observation_values, run_update_episode, total_norm
 from baselines.registry import register
+from unlearn_env.config import ExperimentConfig
 from unlearn_env.diffusion import ddim_sample
 from unlearn_env.env import Update
 from unlearn_env.episode import EpisodeLog
@@ -193,13 +194,16 @@ def variance_precision(state_dicts: list[dict[str, Tensor]], env: gym.Env) -> li
     return normalised([1.0 / v.clamp_min(floor) for v in variances])
 
 
+def ensemble_configs(config: ExperimentConfig, size: int) -> list[ExperimentConfig]:
+    """The configs of the ``size`` - 1 base models beside ``config``'s: the next train seeds."""
+    return [config.with_overrides(train_seed=config.pretrain.train_seed + i) for i in range(1, size)]
+
+
 def ensemble_state_dicts(env: gym.Env, size: int) -> list[dict[str, Tensor]]:
     """This env's base model and ``size`` - 1 more trained with the next train seeds (through the base model cache)."""
-    config = env.config
-    seeds = [config.pretrain.train_seed + i for i in range(1, size)]
     models = [{name: p.detach() for name, p in zip(_param_names(env), anchor_weights(env))}]
-    for seed in seeds:
-        models.append(load_base_unet(config.with_overrides(train_seed=seed), "cpu").state_dict())
+    for config in ensemble_configs(env.config, size):
+        models.append(load_base_unet(config, "cpu").state_dict())
     return models
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Fashion-MNIST (Debian package), PyTorch, then this package with its dev extras.
+# Set up a fresh machine: Fashion-MNIST (Debian package), PyTorch, then this package with its dev and ray extras.
 # Installs into the active Python (a virtual environment, conda, pyenv...). A system Python that refuses
 # pip installs (PEP 668: Debian 12, Ubuntu 23.04+) gets a .venv/ here instead; scripts/python runs
 # whichever was used. Safe to run again.
@@ -32,4 +32,4 @@ PY=scripts/python
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[dev,ray]"
