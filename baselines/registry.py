@@ -88,6 +88,9 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "baselines.siss_nois",
     "baselines.bernoulli",
     "baselines.vdu",
+    "baselines.sfd",
+    "baselines.sfd_multi",
+    "baselines.sfd_siss",
 )
 """The package's method modules; each registers its methods when imported (:func:`registered_methods` imports them)."""
 

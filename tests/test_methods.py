@@ -380,9 +380,12 @@ def test_a_user_registers_a_method_from_outside_the_package(env: gym.Env) -> Non
 
 # ------------------------------------------------------------------------------ end to end
 
-END_TO_END_SPECS = {"vdu": "vdu:fisher_batches=3:sample_steps=2"}
+END_TO_END_SPECS = {"vdu": "vdu:fisher_batches=3:sample_steps=2",
+                    # SFD's official override label is 1, this env's forget label: override with a retain class.
+                    "sfd": "sfd:override=7", "sfd-siss": "sfd-siss:override=7"}
 OWN_SCALARS = {"erasediff": "erasediff/coefficient", "bernoulli": "bernoulli/forget_share", "vdu": "vdu/stability",
-               "vi": "vi/elbo"}
+               "vi": "vi/elbo", "sfd": "sfd/fake_loss_retain", "sfd-multi": "sfd_multi/lambda_entropy",
+               "sfd-siss": "sfd_siss/loss_forget_images"}
 
 
 @pytest.mark.parametrize("name", sorted(registered_methods()))
