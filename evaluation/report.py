@@ -1,124 +1,51 @@
-"""Benchmark results: run records, IQM with bootstrap confidence intervals, plots and the Markdown report.
+"""The benchmark's outputs: ``results.csv`` and the other CSV files, the Markdown tables and ``report.md``.
 
-``evaluate.py`` writes one :class:`RunRecord` per method and seed; this module turns
-a list of them into ``results.csv``, ``summary.csv``, PNG plots and ``report.md``.
-
-Aggregates follow rliable (Agarwal et al., 2021): the interquartile mean (IQM, the
-25 % trimmed mean, as ``rliable.metrics.aggregate_iqm``) and the mean, each with a
-95 % percentile-bootstrap confidence interval over seeds. With one task, rliable's
-stratified bootstrap is the plain bootstrap over runs, which ``scipy.stats.bootstrap``
-computes (rliable's own ``library`` module needs the ``arch`` package, whose import
-breaks with pandas 3).
+The numbers come from :mod:`evaluation.analysis` and :mod:`evaluation.frontier`, the figures from
+:mod:`evaluation.plots`; this module only formats them. Table cells are the **mean [95 %
+Student-t interval]** over runs (seeds, or tasks × seeds), with n; the IQM appears only from
+:data:`~evaluation.analysis.MIN_IQM_RUNS` runs on, labelled as such.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+from evaluation import analysis
+from evaluation.analysis import Cost, PairedRow, Resolution
+from evaluation.frontier import FrontPosition, Headroom, StaticChoice
+from evaluation.probing import FORGET_THRESHOLD
+from evaluation.runs import RunRecord
+from evaluation.statistics import DEFAULT_POWER, Verdict
+from unlearn_env.cache import atomic_write_text
 
-from unlearn_env.cache import atomic_write_text  # noqa: E402
-from unlearn_env.diffusion import image_grid  # noqa: E402
+# ----------------------------------------------------------------------------------------- CSV
 
-RunStatus = Literal["ok", "failed"]
-
-BOOTSTRAP_RESAMPLES = 10_000
-CONFIDENCE = 0.95
-
-
-@dataclass
-class RunRecord:
-    """One method scored after one seed's episode; stored as ``runs/<method>_seed<k>.json``."""
-
-    method: str
-    """Name in the outputs, e.g. ``static_0.5``."""
-    spec: str
-    """The ``--methods`` entry it came from, e.g. ``static:0.5``."""
-    seed: int
-    status: RunStatus
-    policy_model: str = ""
-    """The model file an RL method loaded (a run folder's latest snapshot); empty for the other methods."""
-    policy_sha256: str = ""
-    """That file's SHA-256: a finished run is redone when the spec resolves to another file (training went on)."""
-    policy_timesteps: int | None = None
-    """The training steps of that model."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    episode_return: float | None = None
-    """``None`` for the base model, which runs no episode."""
-    diverged: bool = False
-    lambdas: list[float] = field(default_factory=list)
-    steps: list[dict[str, float]] = field(default_factory=list)
-    """Per-step env scalars (``step/loss_retain``, ``reward/total``, ...), as in TensorBoard."""
-    curve: list[dict[str, float]] = field(default_factory=list)
-    """Cheap scores during the episode: ``{"step", "forget_rate", "fid_retain"}`` every ``eval_every`` steps."""
-    wall_seconds: float = 0.0
-    """Episode plus evaluation."""
-    episode_seconds: float = 0.0
-    """The episode alone, without the mid-episode scoring."""
-    eval_seconds: float = 0.0
-    error: str = ""
-    traceback: str = ""
-
-    @classmethod
-    def load(cls, path: Path) -> RunRecord:
-        """Read a record written by :meth:`to_json`."""
-        return cls(**json.loads(Path(path).read_text()))
-
-    def to_json(self) -> str:
-        """The record as indented JSON."""
-        return json.dumps(dataclasses.asdict(self), indent=1) + "\n"
-
-
-# ---------------------------------------------------------------------------------------- tables
-
-FIRST_METRICS: tuple[str, ...] = (
-    "forget_rate", "forget_rate_lo", "forget_rate_hi", "p_concept", "forget_digit_share", "neither_forget",
-    "validator_forget_rate", "validator_agreement", "kid_forget", "fid_forget", "kid_forget_concept",
-    "fid_forget_concept", "kid_retain", "fid_retain", "is_retain", "acc_retain", "ssim_retain", "neither_retain",
-    "loss_forget_set", "loss_heldout_concept", "loss_gap", "n_forget", "n_retain", "n_ref_forget", "n_ref_retain",
-    "n_ref_concept",
-)
-"""Metric columns in the order of SPEC §6 (``evaluation.metrics``); per-class KIDs and accuracies follow."""
-RUN_COLUMNS: tuple[str, ...] = ("episode_return", "lambda_mean", "diverged", "wall_seconds", "episode_seconds",
-                                "eval_seconds", "policy_timesteps", "policy_sha256")
-
-
-def metric_names(records: Sequence[RunRecord]) -> list[str]:
-    """Every metric key in ``records``: SPEC §6 order first, then the rest (per-class accuracies) sorted."""
-    seen = {key for record in records for key in record.metrics}
-    return [m for m in FIRST_METRICS if m in seen] + sorted(seen - set(FIRST_METRICS), key=_natural_key)
-
-
-def _natural_key(name: str) -> tuple[str, int]:
-    head, _, tail = name.rpartition("_")
-    return (head, int(tail)) if tail.isdigit() else (name, -1)
+RUN_COLUMNS: tuple[str, ...] = ("episode_return", "lambda_mean", "diverged", "ms_per_update", "wall_seconds",
+                                "episode_seconds", "eval_seconds", "policy_timesteps", "policy_sha256")
 
 
 def result_rows(records: Sequence[RunRecord]) -> tuple[list[str], list[dict[str, Any]]]:
     """Columns and rows of ``results.csv``: one row per record, failed ones included with their error."""
-    metrics = metric_names(records)
-    columns = ["method", "spec", "seed", "status", *metrics, *RUN_COLUMNS, "error"]
+    metrics = analysis.metric_names(records)
+    columns = ["task", "method", "spec", "seed", "status", *metrics, *RUN_COLUMNS, "error"]
     rows = []
     for r in records:
-        row: dict[str, Any] = {"method": r.method, "spec": r.spec, "seed": r.seed, "status": r.status}
+        row: dict[str, Any] = {"task": r.task, "method": r.method, "spec": r.spec, "seed": r.seed, "status": r.status}
         row.update({m: r.metrics.get(m) for m in metrics})
         row.update(
             episode_return=r.episode_return,
             lambda_mean=float(np.mean(r.lambdas)) if r.lambdas else None,
             diverged=r.diverged,
+            ms_per_update=None if r.ms_per_update is None else round(r.ms_per_update, 2),
             wall_seconds=round(r.wall_seconds, 2),
             episode_seconds=round(r.episode_seconds, 2),
             eval_seconds=round(r.eval_seconds, 2),
@@ -133,339 +60,463 @@ def result_rows(records: Sequence[RunRecord]) -> tuple[list[str], list[dict[str,
 def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Write rows atomically as CSV; ``None`` becomes an empty cell."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     atomic_write_text(buffer.getvalue(), path)
 
 
-# ------------------------------------------------------------------------------ aggregation
-
-def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Interquartile mean: the mean of the middle 50 % (``scipy.stats.trim_mean`` cutting 25 % per side).
-
-    ``int(0.25 n)`` runs are cut from each end: none for n < 4 (IQM = mean), one for 4 <= n < 8.
-    """
-    return stats.trim_mean(values, proportiontocut=0.25, axis=axis)
-
-
-def bootstrap_ci(
-    values: Sequence[float], statistic: Callable[..., np.ndarray], seed: int = 0
-) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of ``statistic(values, axis=...)`` over the runs.
-
-    Fewer than two runs, or runs that all agree, give a zero-width interval.
-    """
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan
-    if len(x) < 2 or np.ptp(x) == 0:
-        value = float(statistic(x, axis=-1))
-        return value, value
-    result = stats.bootstrap(
-        (x,), statistic, vectorized=True, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-        method="percentile", rng=np.random.default_rng(seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean(values, axis=axis)
-
-
-SUMMARY_COLUMNS: tuple[str, ...] = ("method", "metric", "n", "iqm", "iqm_lo", "iqm_hi", "mean", "mean_lo", "mean_hi",
-                                    "std")
-
-
-def summarize(records: Sequence[RunRecord], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """``summary.csv`` rows: for every method and metric over its successful runs, IQM and mean with 95 % CIs."""
-    rows = []
-    for method in methods:
-        ok = [r for r in records if r.method == method and r.status == "ok"]
-        values: dict[str, list[float]] = {m: [r.metrics[m] for r in ok if m in r.metrics] for m in metric_names(ok)}
-        values["episode_return"] = [r.episode_return for r in ok if r.episode_return is not None]
-        values["wall_seconds"] = [r.wall_seconds for r in ok]
-        for metric, vals in values.items():
-            x = np.asarray([v for v in vals if v is not None and math.isfinite(v)], dtype=float)
-            if len(x) == 0:
-                continue
-            iqm_lo, iqm_hi = bootstrap_ci(x, iqm)
-            mean_lo, mean_hi = bootstrap_ci(x, _mean)
-            rows.append({
-                "method": method, "metric": metric, "n": len(x),
-                "iqm": float(iqm(x)), "iqm_lo": iqm_lo, "iqm_hi": iqm_hi,
-                "mean": float(x.mean()), "mean_lo": mean_lo, "mean_hi": mean_hi,
-                "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0,
-            })
-    return rows
-
+# -------------------------------------------------------------------------------------- tables
 
 @dataclass(frozen=True)
 class Column:
-    """A column of the paper-style table."""
+    """A column of a table: a metric, its header, which way is better, a scale and decimals."""
 
     metric: str
     header: str
     better: Literal["lower", "higher"]
     scale: float = 1.0
-    decimals: int = 2
+    decimals: int = 3
 
 
 FORGET_COLUMNS: tuple[Column, ...] = (
-    Column("forget_rate", "Forget rate", "lower", decimals=3),
-    Column("forget_digit_share", "Drawn as the digit", "higher", decimals=3),
-    Column("kid_forget", "KID×10³ to the digit", "lower", scale=1e3),
-    Column("kid_forget_concept", "KID×10³ to the concept", "higher", scale=1e3),
+    Column("forget_rate", "Forget rate", "lower"),
+    Column("forget_digit_share", "Drawn as the digit", "higher"),
+    Column("neither_forget", "NEITHER", "lower"),
+    Column("validator_forget_rate", "Validator's rate", "lower"),
+    Column("kid_forget", "KID×10³ to the digit", "lower", scale=1e3, decimals=2),
+    Column("kid_forget_concept", "KID×10³ to the concept", "higher", scale=1e3, decimals=2),
+    Column("loss_gap", "Loss gap ×10³", "higher", scale=1e3, decimals=2),
+    Column("steps_to_forget", "Steps to forget", "lower", decimals=0),
 )
 RETAIN_COLUMNS: tuple[Column, ...] = (
-    Column("fid_retain", "FID", "lower"),
-    Column("kid_retain", "KID×10³", "lower", scale=1e3),
-    Column("is_retain", "IS", "higher"),
-    Column("ssim_retain", "SSIM to base", "higher", decimals=3),
-    Column("acc_retain", "Accuracy", "higher", decimals=3),
+    Column("kid_retain", "KID×10³", "lower", scale=1e3, decimals=2),
+    Column("kid_retain_clean", "KID×10³ clean digits", "lower", scale=1e3, decimals=2),
+    Column("fid_retain", "FID", "lower", decimals=2),
+    Column("acc_retain", "Accuracy", "higher"),
+    Column("acc_retain_clean", "Accuracy clean digits", "higher"),
+    Column("is_retain", "IS", "higher", decimals=2),
+    Column("ssim_retain", "SSIM to base", "higher"),
+    Column("neither_retain", "NEITHER", "lower"),
 )
-EPISODE_COLUMNS: tuple[Column, ...] = (
-    Column("episode_return", "Episode return", "higher"),
-    Column("wall_seconds", "Wall seconds per run", "lower", decimals=0),
-)
+HEADLINE_COLUMNS: tuple[Column, ...] = tuple(c for m in analysis.IQM_INTERVAL_METRICS
+                                             for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS) if c.metric == m)
+"""The per-task and IQM tables' columns: the metrics whose pooled IQM has an interval."""
+ARROWS = {"lower": "↓", "higher": "↑"}
 
 
-def markdown_table(summary: Sequence[dict[str, Any]], methods: Sequence[str], columns: Sequence[Column]) -> str:
-    """Rows = methods, cells ``IQM [lo, hi]``; ``–`` where a method has no value (the base model's return)."""
-    cells = {(row["method"], row["metric"]): row for row in summary}
-    arrows = {"lower": "↓", "higher": "↑"}
-    header = "| Method | n | " + " | ".join(f"{c.header} {arrows[c.better]}" for c in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 2)]
+def _fmt(value: float | None, column: Column, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value * column.scale:{'+' if signed else ''}.{column.decimals}f}"
+
+
+def mean_cell(row: dict[str, Any] | None, column: Column) -> str:
+    """``mean [lo, hi]`` (the t-interval); the mean alone for one run; ``–`` without a value."""
+    if row is None:
+        return "–"
+    interval = "" if row["mean_lo"] is None or not math.isfinite(row["mean_lo"]) else \
+        f" [{_fmt(row['mean_lo'], column)}, {_fmt(row['mean_hi'], column)}]"
+    return _fmt(row["mean"], column) + interval
+
+
+def _present(summary: Sequence[dict[str, Any]], scope: str, columns: Sequence[Column]) -> list[Column]:
+    metrics = {row["metric"] for row in summary if row["task"] == scope}
+    return [c for c in columns if c.metric in metrics]
+
+
+def markdown_table(summary: Sequence[dict[str, Any]], scope: str, methods: Sequence[str], columns: Sequence[Column],
+                   extra: dict[str, dict[str, str]] | None = None) -> str:
+    """Rows = methods, cells ``mean [lo, hi]`` of ``scope``; ``extra`` adds text columns (header -> method -> text)."""
+    columns = _present(summary, scope, columns)
+    extra = extra or {}
+    header = ("| Method | n | " + " | ".join(f"{c.header} {ARROWS[c.better]}" for c in columns)
+              + "".join(f" | {h}" for h in extra) + " |")
+    lines = [header, "|" + "---|" * (len(columns) + len(extra) + 2)]
     for method in methods:
-        counts = [cells[(method, c.metric)]["n"] for c in columns if (method, c.metric) in cells]
-        row = [f"`{method}`", str(max(counts, default=0))]
-        for c in columns:
-            cell = cells.get((method, c.metric))
-            if cell is None:
-                row.append("–")
-                continue
-            fmt = f"{{:.{c.decimals}f}}"
-            row.append(f"{fmt.format(cell['iqm'] * c.scale)} [{fmt.format(cell['iqm_lo'] * c.scale)}, "
-                       f"{fmt.format(cell['iqm_hi'] * c.scale)}]")
+        cells = [analysis.cell(summary, scope, method, c.metric) for c in columns]
+        n = max((c["n"] for c in cells if c is not None), default=0)
+        row = [f"`{method}`", str(n), *(_steps_cell(summary, scope, method, c, cell) if c.metric == "steps_to_forget"
+                                        else mean_cell(cell, c) for c, cell in zip(columns, cells))]
+        row += [texts.get(method, "–") for texts in extra.values()]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------ plots
-
-def _colors(methods: Sequence[str]) -> dict[str, Any]:
-    cmap = plt.get_cmap("tab10")
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average: per-step losses come from one minibatch each and are noisy."""
-    if window <= 1 or len(y) < window:
-        return y
-    kernel = np.ones(window) / window
-    return np.convolve(np.pad(y, (window // 2, window - 1 - window // 2), mode="edge"), kernel, mode="valid")
+def _steps_cell(summary: Sequence[dict[str, Any]], scope: str, method: str, column: Column,
+                cell: dict[str, Any] | None) -> str:
+    """Steps to forget with how many runs got there within the budget (the others count as censored)."""
+    if cell is None:
+        return "–"
+    reached = analysis.cell(summary, scope, method, "forgotten_in_budget")
+    count = "" if reached is None else f" ({round(reached['mean'] * reached['n'])}/{reached['n']} reached)"
+    return mean_cell(cell, column) + count
 
 
-def _band(ax: Any, x: np.ndarray, ys: list[np.ndarray], color: Any, label: str) -> None:
-    """Mean over seeds as a line, min-max over seeds as a shaded band."""
-    length = min(len(y) for y in ys)
-    stack = np.stack([y[:length] for y in ys])
-    ax.plot(x[:length], stack.mean(0), color=color, label=label, lw=1.6)
-    if len(ys) > 1:
-        ax.fill_between(x[:length], stack.min(0), stack.max(0), color=color, alpha=0.2, lw=0)
-
-
-def plot_lambda_trajectories(records: Sequence[RunRecord], methods: Sequence[str], path: Path) -> None:
-    """λ_t against the unlearning step: every seed thin, the mean over seeds thick."""
-    colors = _colors(methods)
-    fig, ax = plt.subplots(figsize=(7, 4))
+def iqm_table(summary: Sequence[dict[str, Any]], scope: str, methods: Sequence[str], columns: Sequence[Column]) -> str:
+    """Rows = methods, cells the IQM (with its stratified-bootstrap interval when pooled over tasks)."""
+    columns = _present(summary, scope, columns)
+    lines = ["| Method | n | " + " | ".join(f"{c.header} {ARROWS[c.better]}" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
     for method in methods:
-        runs = [r.lambdas for r in records if r.method == method and r.status == "ok" and r.lambdas]
-        for lambdas in runs:
-            ax.plot(np.arange(1, len(lambdas) + 1), lambdas, color=colors[method], lw=0.6, alpha=0.4)
-        if runs:
-            length = min(map(len, runs))
-            ax.plot(np.arange(1, length + 1), np.mean([r[:length] for r in runs], axis=0), color=colors[method],
-                    lw=2, label=f"{method} (n={len(runs)})")
-    ax.set(xlabel="unlearning step t", ylabel="λ_t", title="λ trajectories (thin: seeds, thick: mean)")
-    if ax.lines:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_metrics_vs_step(records: Sequence[RunRecord], methods: Sequence[str], path: Path) -> None:
-    """Mid-episode scores (forget rate, retain FID) and the per-step losses L_r, L_f against the step."""
-    colors = _colors(methods)
-    panels: list[tuple[str, str, str]] = [
-        ("curve", "forget_rate", "forget rate (forget-label samples)"),
-        ("curve", "fid_retain", "FID of retain samples"),
-        ("steps", "step/loss_retain", "retain loss L_r (smoothed)"),
-        ("steps", "step/loss_forget", "forget loss L_f (smoothed)"),
-    ]
-    has_curve = any(r.curve for r in records)
-    panels = [p for p in panels if p[0] == "steps" or has_curve]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (source, key, title) in zip(axes[0], panels):
-        for method in methods:
-            runs = [r for r in records if r.method == method and r.status == "ok"]
-            if source == "curve":
-                curves = [r.curve for r in runs if r.curve]
-                if curves:
-                    x = np.array([point["step"] for point in curves[0]])
-                    _band(ax, x, [np.array([point[key] for point in c]) for c in curves], colors[method], method)
-            else:
-                series = [np.array([s[key] for s in r.steps]) for r in runs if r.steps]
-                if series:
-                    x = np.arange(1, max(map(len, series)) + 1)
-                    _band(ax, x, [_smooth(s, 5) for s in series], colors[method], method)
-        ax.set(xlabel="unlearning step t", title=title)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_samples(images: np.ndarray, labels: np.ndarray, forget_class: int, title: str, path: Path,
-                 per_row: int = 8) -> None:
-    """Two grids of one run's scored samples: the forget label, and one row per retain label."""
-    forget = images[labels == forget_class][: 2 * per_row]
-    retain_labels = [c for c in np.unique(labels) if c != forget_class]
-    count = min(per_row, min(int((labels == c).sum()) for c in retain_labels))
-    retain = np.concatenate([images[labels == c][:count] for c in retain_labels])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 5), gridspec_kw={"width_ratios": [1, 1]})
-    left.imshow(image_grid(forget, rows=max(1, -(-len(forget) // per_row))), cmap="gray", vmin=0, vmax=255)
-    left.set_title(f"label {forget_class} (forget)")
-    right.imshow(image_grid(retain, rows=len(retain_labels)), cmap="gray", vmin=0, vmax=255)
-    right.set_title(f"labels {', '.join(map(str, retain_labels))} (retain)")
-    for ax in (left, right):
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_intervals(summary: Sequence[dict[str, Any]], methods: Sequence[str], path: Path) -> None:
-    """rliable-style interval plot: IQM (dot) and its 95 % bootstrap CI (bar) per method and metric."""
-    columns = [c for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS) if any(r["metric"] == c.metric for r in summary)]
-    cells = {(row["method"], row["metric"]): row for row in summary}
-    colors = _colors(methods)
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.3 * len(columns), 0.45 * len(methods) + 1.4),
-                             squeeze=False, sharey=True)
-    for ax, column in zip(axes[0], columns):
-        for i, method in enumerate(methods):
-            cell = cells.get((method, column.metric))
-            if cell is None:
+        cells = [analysis.cell(summary, scope, method, c.metric) for c in columns]
+        n = max((c["n"] for c in cells if c is not None), default=0)
+        texts = []
+        for c, row in zip(columns, cells):
+            if row is None or row["iqm"] is None:
+                texts.append("–")
                 continue
-            lo, mid, hi = (cell[k] * column.scale for k in ("iqm_lo", "iqm", "iqm_hi"))
-            ax.plot([lo, hi], [i, i], color=colors[method], lw=5, alpha=0.5, solid_capstyle="butt")
-            ax.plot([mid], [i], "o", color=colors[method])
-        ax.set_title(f"{column.header} {'↓' if column.better == 'lower' else '↑'}", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
-    axes[0][0].set_yticks(range(len(methods)), methods)
-    axes[0][0].invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            interval = "" if row["iqm_lo"] is None else f" [{_fmt(row['iqm_lo'], c)}, {_fmt(row['iqm_hi'], c)}]"
+            texts.append(_fmt(row["iqm"], c) + interval)
+        lines.append("| " + " | ".join([f"`{method}`", str(n), *texts]) + " |")
+    return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------- report
+def per_task_table(summary: Sequence[dict[str, Any]], tasks: Sequence[str], methods: Sequence[str],
+                   column: Column) -> str:
+    """Rows = methods, one column per task: ``mean [lo, hi]`` of one metric."""
+    lines = [f"| {column.header} {ARROWS[column.better]} | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+             "|" + "---|" * (len(tasks) + 1)]
+    for method in methods:
+        cells = [mean_cell(analysis.cell(summary, task, method, column.metric), column) for task in tasks]
+        lines.append("| " + " | ".join([f"`{method}`", *cells]) + " |")
+    return "\n".join(lines)
 
-def write_report(
-    path: Path,
-    *,
-    command: str,
-    settings: dict[str, Any],
-    records: Sequence[RunRecord],
-    methods: Sequence[str],
-    summary: Sequence[dict[str, Any]],
-    plots: dict[str, str],
-) -> None:
-    """Write ``report.md``: tables of IQM [95 % CI], failed runs, plots, the command and the configuration.
 
-    ``plots`` maps a caption to an image path relative to the report.
-    """
-    seeds = sorted({r.seed for r in records})
-    n_seeds = len(seeds)
-    cut = int(0.25 * n_seeds)
-    failed = [r for r in records if r.status == "failed"]
-    policies = {r.method: r for r in records if r.status == "ok" and r.policy_model}
-    data = settings["config"]["data"]
-    lines = [
-        "# Unlearning benchmark: base model, static λ, VI and RL λ-schedules",
+def difference_table(rows: Sequence[PairedRow], scope: str, methods: Sequence[str], columns: Sequence[Column]) -> str:
+    """Rows = methods, cells ``Δ [lo, hi]`` of the paired comparisons in ``rows`` (✓ better, ✗ worse beyond 0)."""
+    cells = {(r.comparison.method, r.comparison.metric): r.comparison for r in rows if r.task == scope}
+    columns = [c for c in columns if any(metric == c.metric for _, metric in cells)]
+    lines = ["| Method | n | " + " | ".join(f"Δ {c.header} {ARROWS[c.better]}" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    for method in methods:
+        comparisons = [cells.get((method, c.metric)) for c in columns]
+        if not any(comparisons):
+            continue
+        n = max((c.n for c in comparisons if c is not None), default=0)
+        texts = []
+        for column, c in zip(columns, comparisons):
+            if c is None:
+                texts.append("–")
+                continue
+            mark = {True: " ✓", False: " ✗", None: ""}[c.improves]
+            interval = "" if not math.isfinite(c.ci_low) else \
+                f" [{_fmt(c.ci_low, column, True)}, {_fmt(c.ci_high, column, True)}]"
+            texts.append(_fmt(c.mean_difference, column, True) + interval + mark)
+        lines.append("| " + " | ".join([f"`{method}`", str(n), *texts]) + " |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- report
+
+@dataclass
+class FrontierSection:
+    """What the report says about the static-λ frontier."""
+
+    tasks: list[str]
+    seeds: list[int]
+    budgets: list[int]
+    choice: StaticChoice
+    rows: list[dict[str, Any]]
+    """``frontier.csv`` rows."""
+    scope: str
+    headroom: list[Headroom]
+    positions: list[FrontPosition]
+    """Empty when the frontier ran on other tasks than the methods (no common axes)."""
+    same_tasks: bool
+    plots: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ReportInput:
+    """Everything ``report.md`` shows."""
+
+    command: str
+    settings: dict[str, Any]
+    records: list[RunRecord]
+    methods: list[str]
+    tasks: list[str]
+    evaluation_seeds: list[int]
+    summary: list[dict[str, Any]]
+    paired: list[PairedRow]
+    reference: str
+    reference_note: str
+    verdicts: dict[str, Verdict]
+    resolutions: list[Resolution]
+    costs: list[Cost]
+    oracle: str | None = None
+    oracle_gaps: list[PairedRow] = field(default_factory=list)
+    frontier: FrontierSection | None = None
+    training_seeds: dict[str, str] = field(default_factory=dict)
+    """Per RL method, the env seeds its agent trained from."""
+    plots: dict[str, str] = field(default_factory=dict)
+
+
+def _sizes(settings: dict[str, Any]) -> str:
+    e = settings["evaluation"]
+    return (f"{e['forget_samples']} samples of the forget label and {e['retain_per_class']} of every other label, "
+            f"drawn with {e['sampler']} from seed k's noise (the same for every method)")
+
+
+def _setup(data: ReportInput) -> list[str]:
+    s = data.settings
+    multi = len(data.tasks) > 1
+    tasks = (f"{len(data.tasks)} tasks of the instance set `{s['tasks']['name']}` ("
+             + ", ".join(f"`{t}`" for t in data.tasks) + ")" if multi and s["tasks"].get("name")
+             else ", ".join(f"`{t}`" for t in data.tasks))
+    n = len(data.evaluation_seeds)
+    return [
+        "# Unlearning benchmark",
         "",
-        f"Preset `{settings['config']['preset']}`, seeds {seeds}, {len(methods)} methods. Every method runs one "
-        f"{settings['config']['unlearn']['horizon']}-step SISS episode per seed from the same base model "
-        f"(`env.reset(seed=k)`), then samples {settings['samples_per_label']} images per label with "
-        f"{settings['ddim_steps']} DDIM steps from seed k's noise, the same for every method.",
+        f"Preset `{s['config']['preset']}`, task{'s' if multi else ''} {tasks}, {n} evaluation seeds, "
+        f"{len(data.methods)} methods. Every method runs one {s['config']['unlearn']['horizon']}-update episode per "
+        f"task and seed from the same base model (`env.reset(seed=k)`: the same minibatches and noise for every "
+        f"method; `base` and `oracle` run none), then samples {_sizes(s)}, scored by the project's judge "
+        "(FID, KID and IS on its features: comparable between methods here, not with Inception-based numbers).",
         "",
-        f"Cells are **IQM [95 % CI]** over seeds: the interquartile mean (25 % trimmed mean, as rliable's "
-        f"`aggregate_iqm`) with a percentile-bootstrap interval ({BOOTSTRAP_RESAMPLES:,} resamples). With "
-        f"{n_seeds} seed(s) the IQM cuts {cut} run(s) from each end"
-        + (", i.e. it equals the mean." if cut == 0 else f", i.e. it is the mean of the middle {n_seeds - 2 * cut}.")
-        + " Means with their intervals, and every other metric, are in `summary.csv`; single runs in `results.csv`."
-        " FID, KID and IS use the project's judge classifier (digits + Fashion-MNIST), not Inception-v3: they compare "
-        "methods here, not with numbers from the literature.",
-        "",
-        *([] if summary else ["**No run succeeded**: the tables are empty; the failed runs are listed below.", ""]),
-        f"## Forget side: samples of label {data['forget_class']}",
-        "",
-        "Forget rate: share judged as the task's concept (unlearning efficacy). Drawn as the digit: share judged "
-        f"as a {data['forget_class']}. KID to the digit: distance to held-out real {data['forget_class']}s; KID to "
-        "the concept: distance to held-out images of the concept (higher means forgotten).",
-        "",
-        markdown_table(summary, methods, FORGET_COLUMNS),
-        "",
-        "## Retain side: samples of every other label",
-        "",
-        "FID/KID to real digits, IS with the judge, SSIM to the base model's samples from the same noise, "
-        "judge accuracy (share drawn as the digit asked for).",
-        "",
-        markdown_table(summary, methods, RETAIN_COLUMNS),
-        "",
-        "## Episodes",
-        "",
-        "Undiscounted return of the environment's reward (SPEC §5); the base model runs no episode.",
-        "",
-        markdown_table(summary, methods, EPISODE_COLUMNS),
+        f"Cells are the **mean [95 % Student-t interval]** over {'tasks × seeds' if multi else 'seeds'}, with n runs; "
+        + (f"an IQM table follows (25 % trimmed mean{', with rliable stratified-bootstrap intervals over tasks × seeds' if multi else ''})."
+           if n * len(data.tasks) >= analysis.MIN_IQM_RUNS else
+           f"no IQM below {analysis.MIN_IQM_RUNS} runs (it would equal about the mean).")
+        + " Every metric per run is in `results.csv`, per method in `summary.csv`.",
         "",
     ]
+
+
+def _seeds(data: ReportInput) -> list[str]:
+    lines = ["## Seeds", "", f"- evaluation: {_seed_list(data.evaluation_seeds)} (`--seeds`)"]
+    if data.frontier is not None:
+        lines.append(f"- tuning (the static-λ frontier and the choice of the best static λ): "
+                     f"{_seed_list(data.frontier.seeds)}")
+    for method, seeds in data.training_seeds.items():
+        lines.append(f"- agent training of `{method}`: {seeds}")
+    lines += ["", "The namespaces of `unlearn_env.seeds` keep them disjoint: no tuning or training episode is an "
+              "evaluation episode.", ""]
+    return lines
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _oracle_gap(data: ReportInput, scope: str) -> list[str]:
+    if data.oracle is None or not data.oracle_gaps:
+        return []
+    others = [m for m in data.methods if m != data.oracle]
+    columns = [c for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS)
+               if c.metric in analysis.ORACLE_GAP_METRICS]
+    return [f"### Gap to the retrain oracle `{data.oracle}`", "",
+            f"Method − oracle, paired over the same {'(task, seed) pairs' if len(data.tasks) > 1 else 'seeds'}, mean "
+            f"[95 % {data.settings['statistics']['interval']}-interval]; ✓/✗: the interval lies wholly on the "
+            "better/worse side of the oracle.", "",
+            difference_table(data.oracle_gaps, scope, others, columns), ""]
+
+
+def _verdict(data: ReportInput, scope: str) -> list[str]:
+    lines = ["## Verdict", "",
+             f"Every method against the reference `{data.reference}` ({data.reference_note}), on the per-"
+             f"{'(task, seed)' if len(data.tasks) > 1 else 'seed'} differences (method − reference): "
+             f"{data.settings['statistics']['interval']} 95 % intervals, rliable's probability of improvement and a "
+             f"{data.settings['statistics']['test']} test per metric in `paired.csv`. A method *beats* the reference on "
+             "a side when at least one of the side's metrics has its interval wholly on the better side of 0 and none "
+             "on the worse side. Forgetting: " + ", ".join(f"`{m}`" for m in analysis.FORGET_VERDICT_METRICS)
+             + f" (steps to forget of a run that never reaches {FORGET_THRESHOLD:.0%} count as the budget plus one "
+             "probe interval, a lower bound); retain quality: "
+             + ", ".join(f"`{m}`" for m in analysis.RETAIN_VERDICT_METRICS)
+             + " (the per-class KIDs are in `paired.csv` only: nine more intervals would make a spurious call "
+             "likely).", ""]
+    if not data.verdicts:
+        return [*lines, "No method could be compared with the reference (no common successful runs).", ""]
+    for method in data.methods:
+        v = data.verdicts.get(method)
+        if v is not None:
+            lines.append(f"- `{method}` {v.text} (forgetting: {v.forgetting}; retain: {v.retain}).")
+    lines += ["", "Paired differences on the verdict's metrics (✓ better, ✗ worse beyond the interval):", "",
+              difference_table(data.paired, scope, [m for m in data.methods if m != data.reference],
+                               [c for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS)
+                                if c.metric in (*analysis.FORGET_VERDICT_METRICS, *analysis.RETAIN_VERDICT_METRICS)]),
+              ""]
+    return lines
+
+
+def _resolution(data: ReportInput) -> list[str]:
+    lines = ["## Resolution", ""]
+    by_metric = {m: [r for r in data.resolutions if r.metric == m] for m in analysis.RESOLUTION_METRICS}
+    if not any(by_metric.values()):
+        return [*lines, "Not measurable: no method has at least two runs paired with the reference.", ""]
+    sentences = []
+    for metric, rows in by_metric.items():
+        if not rows:
+            continue
+        column = next(c for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS) if c.metric == metric)
+        half = np.median([r.half_width for r in rows])
+        mdd = np.median([r.detectable for r in rows])
+        n = sorted({r.n for r in rows})
+        sentences.append(
+            f"**{column.header}**: with n = {'/'.join(map(str, n))} pairs the run "
+            f"resolves a mean difference of ±{_fmt(half, column)} (the 95 % t-interval's half-width from the observed "
+            f"SD of paired differences, median over the {len(rows)} methods; range "
+            f"{_fmt(min(r.half_width for r in rows), column)}–{_fmt(max(r.half_width for r in rows), column)}) and "
+            f"detects a true difference of {_fmt(mdd, column)} with {DEFAULT_POWER:.0%} power.")
+    lines += [" ".join(sentences), "", "| Method | metric | n | SD of differences | resolution ± | detectable (80 %) |",
+              "|---|---|---|---|---|---|"]
+    for r in data.resolutions:
+        column = next(c for c in (*FORGET_COLUMNS, *RETAIN_COLUMNS) if c.metric == r.metric)
+        lines.append(f"| `{r.method}` | {column.header} | {r.n} | {_fmt(r.sd_difference, column)} | "
+                     f"{_fmt(r.half_width, column)} | {_fmt(r.detectable, column)} |")
+    return [*lines, ""]
+
+
+def _frontier(section: FrontierSection) -> list[str]:
+    c = section.choice
+    kid = RETAIN_COLUMNS[0]
+    tasks = ", ".join(f"`{t}`" for t in section.tasks)
+    lines = [
+        "## Static-λ frontier",
+        "",
+        f"Static λ ∈ {{{', '.join(f'{float(lam):g}' for lam in sorted(map(float, c.means)))}}} on the tuning seeds "
+        f"{_seed_list(section.seeds)} of {tasks}, one episode of {max(section.budgets)} updates per λ and seed, scored "
+        f"after {', '.join(map(str, section.budgets))} updates (`frontier.csv`; per seed `frontier/points.csv`).",
+        "",
+        f"**Best static λ: {c.lam:g}** (the reference `static:{c.lam:g}` unless `--reference` says otherwise). Rule, at "
+        f"the preset's budget T = {c.budget} on the tuning seeds: among the λ whose mean retain KID is at most the "
+        f"base model's ({_fmt(c.base_kid_retain, kid)} ± {_fmt(c.base_kid_retain_se, kid)} ×10⁻³, mean ± standard "
+        f"error; bound {_fmt(c.bound, kid)}), the highest mean share drawn as the forget digit; ties to the lower "
+        "forget rate, then the smaller λ. "
+        + ("Eligible: " + ", ".join(f"{lam:g}" for lam in c.eligible) + "." if not c.fallback else
+           "**No λ met the retain bound**: the λ with the lowest mean retain KID was taken."),
+        "",
+        "| λ | drawn as the digit ↑ | forget rate ↓ | retain KID×10³ ↓ | eligible |",
+        "|---|---|---|---|---|",
+    ]
+    for lam, means in sorted(c.means.items(), key=lambda kv: float(kv[0])):
+        mark = " **(chosen)**" if float(lam) == c.lam else ""
+        lines.append(f"| {lam}{mark} | {means['forget_digit_share']:.3f} | {means['forget_rate']:.3f} | "
+                     f"{_fmt(means['kid_retain'], kid)} | {'yes' if float(lam) in c.eligible else 'no'} |")
+    lines += ["", "### Headroom", "",
+              "Best and worst static λ (by mean over tuning seeds) at each budget: how much a λ-schedule could gain "
+              "over a constant λ.", "",
+              "| Budget | metric | best λ | best | worst λ | worst | spread |", "|---|---|---|---|---|---|---|"]
+    names = {"forget_rate": FORGET_COLUMNS[0], "forget_digit_share": FORGET_COLUMNS[1], "kid_retain": kid}
+    for h in section.headroom:
+        column = names[h.metric]
+        lines.append(f"| {h.budget} | {column.header} | {h.best_lam:g} | {_fmt(h.best, column)} | {h.worst_lam:g} | "
+                     f"{_fmt(h.worst, column)} | {_fmt(h.spread, column)} |")
+    lines += ["", "### Beyond the static front?", ""]
+    if not section.same_tasks:
+        lines += ["The frontier ran on other tasks than the methods (the best static λ is tuned where the agents "
+                  "trained), so the methods are not placed on its axes.", ""]
+    elif not section.positions:
+        lines += ["No method has a forget rate and a retain KID to place.", ""]
+    else:
+        lines += [f"At T = {c.budget}: a method *dominates* static λ when its mean is at least as good on both forget "
+                  "rate and retain KID and its 95 % interval lies wholly on the better side of λ's on at least one; it "
+                  "is *beyond the static front* when it dominates every λ. Methods on evaluation seeds, the front on "
+                  "tuning seeds (unpaired intervals).", ""]
+        for p in section.positions:
+            verdict = "**beyond the static front**" if p.beyond else "not beyond the static front"
+            dominates = ", ".join(f"{lam:g}" for lam in p.dominates) or "none"
+            dominated = ", ".join(f"{lam:g}" for lam in p.dominated_by) or "none"
+            lines.append(f"- `{p.method}`: {verdict}; dominates λ ∈ {{{dominates}}}; dominated by λ ∈ {{{dominated}}}.")
+        lines.append("")
+    lines += [f"### {caption}\n\n![{caption}]({image})\n" for caption, image in section.plots.items()]
+    return lines
+
+
+def write_report(path: Path, data: ReportInput) -> None:
+    """Write ``report.md`` (sections: setup, seeds, forget and retain tables with the oracle's gap, costs, verdict,
+    resolution, the static-λ frontier, failed and diverged runs, policies, plots, command and configuration)."""
+    scope = analysis.pooled_scope(data.tasks)
+    multi = len(data.tasks) > 1
+    failed = [r for r in data.records if r.status == "failed"]
+    diverged = [r for r in data.records if r.status == "diverged"]
+    policies = {r.method: r for r in data.records if r.status == "ok" and r.policy_model}
+    forget_label = data.settings["config"]["data"]["forget_class"]
+    lines = [*_setup(data), *_seeds(data)]
+    if not data.summary:
+        lines += ["**No run succeeded**: the tables are empty; the failed runs are listed below.", ""]
+    where = " (pooled over tasks × seeds)" if multi else ""
+    lines += [
+        f"## Forget side{where}: samples of the forget label{'' if multi else f' {forget_label}'}",
+        "",
+        "Forget rate: share judged as the task's concept. Drawn as the digit: share judged as the forget digit (a "
+        "model that draws neither has not forgotten well). NEITHER: share judged far from every real class. KID to "
+        "the digit / to the concept: to held-out real digits of the forget class / to held-out images of the concept "
+        "(higher: more forgotten). Loss gap: denoising loss on the forget set minus on unseen images of the concept "
+        "(negative: the forget set is still fitted; the oracle's is the yardstick). Steps to forget: the first "
+        f"mid-episode probe with a forget rate ≤ {FORGET_THRESHOLD:.0%}.",
+        "",
+        markdown_table(data.summary, scope, data.methods, FORGET_COLUMNS),
+        "",
+        f"## Retain side{where}: samples of every other label",
+        "",
+        "KID (primary) and FID to held-out real digits, judge accuracy (share drawn as the digit asked for), IS with "
+        "the judge, SSIM to the base model's samples from the same noise."
+        + (" *Clean digits*: the retain classes whose digit no task of the family contaminates (the companions' "
+           "digits stay contaminated in the base model and in every task's oracle by design)."
+           if any(r["metric"] == "kid_retain_clean" for r in data.summary) else ""),
+        "",
+        markdown_table(data.summary, scope, data.methods, RETAIN_COLUMNS),
+        "",
+        *_oracle_gap(data, scope),
+        "## Cost and episodes",
+        "",
+        "Data each method reads and UNet passes per update (registry); measured ms per update (episode seconds "
+        "without the probes, over the updates); the undiscounted return of the environment's reward; diverged runs "
+        "(scored when the weights stayed finite, else listed under *Diverged runs*).",
+        "",
+        markdown_table(data.summary, scope, data.methods, (Column("episode_return", "Episode return", "higher",
+                                                                   decimals=3),),
+                       extra={"Data": {c.method: c.data for c in data.costs},
+                              "Passes per update": {c.method: c.passes for c in data.costs},
+                              "ms per update": {c.method: "–" if c.ms_per_update is None else f"{c.ms_per_update:.0f}"
+                                                for c in data.costs},
+                              "diverged runs": {c.method: str(c.diverged) for c in data.costs}}),
+        "",
+    ]
+    if multi:
+        lines += ["## Per task", ""]
+        for column in HEADLINE_COLUMNS:
+            lines += [per_task_table(data.summary, data.tasks, data.methods, column), ""]
+    n_runs = len(data.evaluation_seeds) * len(data.tasks)
+    if n_runs >= analysis.MIN_IQM_RUNS and data.summary:
+        lines += ["## IQM", "",
+                  f"Interquartile mean (25 % trimmed mean, rliable's `aggregate_iqm`) over {n_runs} runs"
+                  + (", with rliable's stratified-bootstrap 95 % interval over tasks × seeds." if multi else
+                     "; no interval (a bootstrap over one task's seeds is about the values' range)."), "",
+                  iqm_table(data.summary, scope, data.methods, HEADLINE_COLUMNS), ""]
+    lines += [*_verdict(data, scope), *_resolution(data)]
+    if data.frontier is not None:
+        lines += _frontier(data.frontier)
     if failed:
         lines += ["## Failed runs", "", "Rerun the same command to retry them.", ""]
-        lines += [f"- `{r.method}` seed {r.seed}: {r.error}" for r in failed]
+        lines += [f"- `{r.method}` seed {r.seed}{f' ({r.task})' if multi else ''}: {r.error}" for r in failed]
+        lines.append("")
+    if diverged:
+        lines += ["## Diverged runs", "", "Episodes that left weights whose samples are not finite: an outcome of the "
+                  "method, kept (not retried) and absent from the tables.", ""]
+        lines += [f"- `{r.method}` seed {r.seed}{f' ({r.task})' if multi else ''}: diverged after {len(r.steps)} "
+                  "updates" for r in diverged]
         lines.append("")
     if policies:
         lines += ["## Policies", "", "The snapshot each RL method evaluated (a run folder stands for its latest).", ""]
         lines += [f"- `{r.method}`: `{r.policy_model}`, {r.policy_timesteps:,} training steps, SHA-256 "
                   f"`{r.policy_sha256[:12]}`" for r in policies.values()]
         lines.append("")
-    if plots:  # none when no run succeeded
+    if data.plots:
         lines += ["## Plots", ""]
-        if settings.get("eval_every"):
-            lines += [
-                f"Metrics against the unlearning step: forget rate and retain FID are scored every "
-                f"{settings['eval_every']} steps on a small sample ({settings['probe_samples_per_label']} per "
-                f"label, {settings['probe_ddim_steps']} DDIM steps), so their level differs from the tables' (FID "
-                "grows as the sample shrinks); step 0 is the base model. L_r and L_f are the environment's per-step "
-                "minibatch losses. Lines: mean over seeds; bands: min to max.",
-                "",
-            ]
-        lines += [f"### {caption}\n\n![{caption}]({image})\n" for caption, image in plots.items()]
-    lines += [
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-        "## Configuration",
-        "",
-        "```json",
-        json.dumps(settings, indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
+        if data.settings["evaluation"]["eval_every"]:
+            e = data.settings["evaluation"]
+            lines += [f"Against the unlearning step: the judge's calls on a fixed probe sample ({e['probe_samples']} "
+                      f"forget-label samples, {e['probe_sampler']}) every {e['eval_every']} updates, and the env's probe "
+                      "losses of the same weights; step 0 is the base model. Lines: mean over runs; bands: min to max.",
+                      ""]
+        lines += [f"### {caption}\n\n![{caption}]({image})\n" for caption, image in data.plots.items()]
+    lines += ["## Command", "", "```", data.command, "```", "", "## Configuration", "", "```json",
+              json.dumps(data.settings, indent=2, sort_keys=True, default=str), "```", ""]
     atomic_write_text("\n".join(lines), path)
+
