@@ -39,6 +39,11 @@ override class. Subtracting L_A would teach psi that the generator draws A less 
 pull the generator toward A. The repulsion does not fade once the generator has left A (psi keeps
 counting A with weight gamma); the override term then holds the generator on the override class.
 
+On the stand-in for the class task of :mod:`baselines.sfd` (its ``cpu`` budget, 150 iterations at
+1e-3, override 7, the defaults lambda 0.5 and gamma 1), label 1 was drawn as a 7 in 97.5 % of 40
+samples (a one or a trouser in none), as with ``sfd``, and the other labels as asked in 95.6 %
+(``sfd``: 97.5 %); A was that model's forget set, the trousers its label 1 was trained with.
+
 Data: the forget set A and the retain set's labels (``forget+labels``; no retain image). Cost:
 SFD's 10F + 8B (psi's mixture forward replaces SFD's forget-term forward). Logged besides SFD's:
 ``sfd_siss/loss_generated`` (L_G) and ``sfd_siss/loss_forget_images`` (L_A). Evaluation samples the
