@@ -3,6 +3,8 @@
     python evaluate.py --preset cpu --methods base,oracle,vi,neyman,ppo:runs/ppo/cpu_0 --out results/cpu
     python evaluate.py --preset cpu --tasks test --methods base,oracle,neyman,ppo:runs/ppo/cpu-train_0
     python evaluate.py --preset test --frontier off --reference static:0.5 --methods base,vi
+    python evaluate.py --preset cpu --workers 2                  # the runs on 2 Ray workers of this machine
+    python evaluate.py --preset paper --ray-address HEAD:6379 --gpus-per-run 0.5   # on a Ray cluster
 
 What it does, top to bottom:
 
@@ -44,12 +46,19 @@ Writes to ``--out``:
 Rerunning with the same ``--out`` skips finished runs (frontier runs too) and retries failed ones;
 a run that raises is recorded as failed and the others go on. A finished RL run is redone when
 its spec now resolves to another model file (by SHA-256). The exit status is 1 if any run failed.
+
+Grids on Ray (``evaluation.grid``): ``--workers N`` runs the runs of step 2, N at a time, on a
+local Ray instance; ``--ray-address ADDR`` (or ``$RAY_ADDRESS``) on a cluster;
+``--cpus-per-run`` and ``--gpus-per-run`` say what each holds. The driver writes the same
+records, so the outputs and resuming are as in-process; Ctrl-C keeps the finished records and
+exits with status 130. The frontier (step 1) runs in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shlex
 import sys
@@ -65,7 +74,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from agents.runs import run_dir_of
-from evaluation import analysis, frontier, plots, report
+from evaluation import analysis, frontier, grid, plots, report
 from evaluation.judge import ensure_judge, ensure_validator
 from evaluation.methods import Method, parse_methods
 from evaluation.metrics import JudgeFeatures
@@ -175,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="environment config overrides, e.g. horizon=30 lr=2e-4")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    grid.add_arguments(parser)
     args = parser.parse_args(argv)
     defaults = PRESET_DEFAULTS[args.preset]
     for f in dataclasses.fields(defaults):
@@ -192,6 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.frontier == "on" and (args.tuning_seeds < 2 or min(args.frontier_forget_samples,
                                                               args.frontier_retain_per_class) < 2):
         parser.error("the frontier needs --tuning-seeds >= 2 and frontier sample counts >= 2")
+    args.grid = grid.options_of(args, parser)
     return args
 
 
@@ -335,6 +346,48 @@ PROBE_CALLS = ("forget_rate", "forget_digit_share", "neither_forget")
 def is_base_model(env: UnlearningEnv) -> bool:
     """Whether the env's weights are still the base model's (``base``): its samples are then the base samples."""
     return all(torch.equal(live, base) for live, base in zip(env._live_tensors, env._base_tensors))
+
+
+RunJob = tuple[Method, str, int, Path]
+"""One run: the method, task, evaluation seed and the folder of the base samples' cache."""
+RunResult = tuple[RunRecord, "np.ndarray | None", "np.ndarray | None"]
+"""Its record, and for a scored run its samples (uint8 images) and their labels."""
+
+
+def run_job(bench: Bench, job: RunJob) -> RunResult:
+    """One run on ``bench``; an exception is recorded as a failed run, except a ``DataError``, which stops all."""
+    method, task, seed, cache = job
+    try:
+        return bench.run(method, task, seed, cache)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the others go on
+        return new_record(method, task, seed, "failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc()), None, None
+
+
+def describe_job(job: RunJob) -> str:
+    """How the log names a run."""
+    method, task, seed, _ = job
+    return f"{method.name} seed {seed}"
+
+
+def lost_run(job: RunJob, why: str) -> RunResult:
+    """The failed record of a run whose Ray workers kept dying."""
+    method, task, seed, _ = job
+    return new_record(method, task, seed, "failed", error=f"WorkerDied: {why}"), None, None
+
+
+def log_run(record: RunRecord) -> None:
+    """The line of a finished run."""
+    if record.status == "ok":
+        m = record.metrics
+        tqdm.write(f"{record.method} seed {record.seed}: forget rate {m['forget_rate']:.3f}, digit share "
+                   f"{m['forget_digit_share']:.3f}, retain KID {m['kid_retain']:.4f} ({record.wall_seconds:.0f} s)")
+    elif record.status == "failed":
+        tqdm.write(f"{record.method} seed {record.seed} FAILED: {record.error}")
+    else:
+        tqdm.write(f"{record.method} seed {record.seed}: {record.error}")
 
 
 def new_record(method: Method, task: str, seed: int, status: RunStatus, **fields: Any) -> RunRecord:
@@ -558,40 +611,54 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reference = same
 
-    # 4. Runs, task by task and seed by seed, so that a seed's base samples are used while fresh.
+    # 4. Runs, task by task and seed by seed, so that a seed's base samples are used while fresh;
+    # in-process, or on Ray workers (evaluation.grid), the driver writing every record.
     runs = [(task, seed, method) for task in texts for seed in range(args.seeds) for method in methods]
     records: dict[tuple[str, str, int], RunRecord] = {}
-    bar = tqdm(runs, desc="evaluate", unit="run", disable=not args.progress, dynamic_ncols=True)
+    jobs: list[RunJob] = []
+    for task, seed, method in runs:
+        previous, message = store.finished(task, method.name, method.spec, seed, method.policy_sha256)
+        if message:
+            tqdm.write(message)
+        if previous is not None:
+            records[(task, method.name, seed)] = previous
+        else:
+            jobs.append((method, task, seed, cache(task).resolve()))
+
+    def finish(job: RunJob, result: RunResult) -> bool:
+        """Log and write one run's result; whether it failed."""
+        record, images, labels = result
+        log_run(record)
+        records[(record.task, record.method, record.seed)] = record
+        store.save(record, images, labels if images is not None else None)
+        report.write_csv(*report.result_rows(list(records.values())), out / "results.csv")
+        return record.status == "failed"
+
+    progress = grid.GridProgress(len(runs), len(runs) - len(jobs), "evaluate", args.progress)
     try:
-        for task, seed, method in bar:
-            previous, message = store.finished(task, method.name, method.spec, seed, method.policy_sha256)
-            if message:
-                tqdm.write(message)
-            if previous is not None:
-                records[(task, method.name, seed)] = previous
-                continue
-            bar.set_postfix_str(f"{method.name} seed {seed}")
-            images = None
-            try:
-                record, images, labels = bench.run(method, task, seed, cache(task))
-                if record.status == "ok":
-                    m = record.metrics
-                    tqdm.write(f"{method.name} seed {seed}: forget rate {m['forget_rate']:.3f}, digit share "
-                               f"{m['forget_digit_share']:.3f}, retain KID {m['kid_retain']:.4f} "
-                               f"({record.wall_seconds:.0f} s)")
-                else:
-                    tqdm.write(f"{method.name} seed {seed}: {record.error}")
-            except DataError as err:
-                raise SystemExit(f"error: {err}") from None
-            except Exception as err:  # noqa: BLE001 - a failed run is recorded and the others go on
-                record = new_record(method, task, seed, "failed", error=f"{type(err).__name__}: {err}",
-                                    traceback=traceback.format_exc())
-                tqdm.write(f"{method.name} seed {seed} FAILED: {record.error}")
-            records[(task, method.name, seed)] = record
-            store.save(record, images, labels if images is not None else None)
-            report.write_csv(*report.result_rows(list(records.values())), out / "results.csv")
+        if not args.grid.enabled:
+            for job in jobs:
+                progress.set_running(1, describe_job(job))
+                progress.finished(failed=finish(job, run_job(bench, job)))
+        elif jobs:
+            # Every artefact is built here, once, and shipped to the workers (evaluation.grid).
+            folders = grid.evaluation_artifacts([configs[t] for t in texts], methods)
+            grid.run_grid(jobs, setup=functools.partial(Bench, args, cfg, configs), work=run_job, options=args.grid,
+                          bundle=grid.bundle_of(folders, cfg.runtime), cache_dir=cfg.runtime.cache_dir,
+                          describe=describe_job, on_result=finish,
+                          on_lost=lambda job, why: finish(job, lost_run(job, why)), progress=progress)
+    except DataError as err:  # a missing or malformed data folder: the message says which and where
+        raise SystemExit(f"error: {err}") from None
+    except grid.GridError as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        if not args.grid.enabled:
+            raise
+        progress.write(f"interrupted: {len(records)} of {len(runs)} runs are recorded in {out}; rerun the same "
+                       "command to run the rest")
+        raise SystemExit(grid.INTERRUPTED) from None
     finally:
-        bar.close()
+        progress.close()
 
     # 5. Aggregates, plots and the report.
     ordered = [records[(task, m.name, seed)] for task in texts for seed in range(args.seeds) for m in methods]
