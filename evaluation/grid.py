@@ -368,8 +368,7 @@ def prepare_artifacts(configs: Iterable[ExperimentConfig], roles: Sequence[str] 
 
     Runs on the driver, before any worker starts, so that each artefact is trained once.
     """
-    from evaluation.judge import default_config, ensure_classifier, judge_key
-    from unlearn_env.cache import artifact_dir
+    from evaluation.judge import classifier_dir, ensure_classifier
     from unlearn_env.pretrain import ensure_base_model
 
     folders: dict[Path, None] = {}  # insertion-ordered, without repeats
@@ -377,9 +376,7 @@ def prepare_artifacts(configs: Iterable[ExperimentConfig], roles: Sequence[str] 
         folders[ensure_base_model(config).parent] = None
         for role in roles:
             ensure_classifier(config, role)  # type: ignore[arg-type]
-            # The folder ensure_classifier keeps it in.
-            key = judge_key(config.data, default_config(config.preset, role), role)  # type: ignore[arg-type]
-            folders[artifact_dir(config.runtime, role, key)] = None
+            folders[classifier_dir(config, role)] = None  # type: ignore[arg-type]
     return list(folders)
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -50,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json
+from unlearn_env.cache import artifact_dir, artifact_lock, atomic_torch_save, atomic_write_json, check_may_build
 from unlearn_env.config import DataConfig, ExperimentConfig, config_hash
 from unlearn_env.data import FASHION_CLASSES, MNIST_SIDE, SPLIT_SEED, digit_split, fashion_images, to_model_space
 
@@ -537,6 +538,11 @@ def train_judge(
     return judge, accuracy
 
 
+def classifier_dir(cfg: ExperimentConfig, role: Role, judge_cfg: JudgeConfig | None = None) -> Path:
+    """The cache folder of ``cfg``'s judge or validator (``judge_cfg`` defaults to the preset's)."""
+    return artifact_dir(cfg.runtime, role, judge_key(cfg.data, judge_cfg or default_config(cfg.preset, role), role))
+
+
 def ensure_classifier(
     cfg: ExperimentConfig,
     role: Role,
@@ -553,13 +559,14 @@ def ensure_classifier(
     Returns the classifier on ``device`` in eval mode with gradients disabled.
     """
     judge_cfg = judge_cfg or default_config(cfg.preset, role)
-    folder = artifact_dir(cfg.runtime, role, judge_key(cfg.data, judge_cfg, role))
+    folder = classifier_dir(cfg, role, judge_cfg)
     path = folder / "judge.pt"
     with artifact_lock(folder):
         if path.is_file():
             judge = JudgeNet(judge_cfg)
             judge.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
         else:
+            check_may_build(f"the {role} of preset {cfg.preset!r}", path)
             start, cpu_start = time.perf_counter(), time.process_time()
             judge, accuracy = train_judge(cfg.data, judge_cfg, device, progress, role)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

@@ -24,6 +24,7 @@ import pytest
 
 import evaluate
 import train_policy
+from evaluation.judge import ensure_classifier
 from unlearn_env.cache import CACHE_ENV_VAR, NO_BUILD_ENV_VAR, ArtifactBundle, MissingArtifactError
 from unlearn_env.config import get_config
 from unlearn_env.pretrain import ensure_base_model
@@ -177,11 +178,13 @@ def test_seeds_train_on_workers_each_into_its_own_run_folder_and_a_killed_one_re
     argv = ["--algo", "ppo", "--preset", "test", "--seeds", "0-1", "--workers", "2", "--out", str(tmp_path),
             "--total-timesteps", "16", "--hyperparams", "n_steps=4", "batch_size=4", "--no-progress-bar",
             "--env-kwargs", "horizon=2", "batch_size=4"]
-    configs = [tmp_path / "ppo" / f"test_{seed}" / "config.json" for seed in (0, 1)]
+    # Written once a run's settings are saved; waiting for it (not config.json, written just before) keeps the
+    # first command's line.
+    commands = [tmp_path / "ppo" / f"test_{seed}" / "command.txt" for seed in (0, 1)]
     killed: list[int] = []
 
     def kill_a_worker_once_both_runs_started() -> None:
-        while not all(c.exists() for c in configs):
+        while not all(c.is_file() and c.stat().st_size for c in commands):
             time.sleep(0.05)
         # Processes of this test's local Ray only: their environment holds this session's cache.
         pids = worker_pids(os.environ[CACHE_ENV_VAR], "ray::Worker.run")
@@ -196,16 +199,16 @@ def test_seeds_train_on_workers_each_into_its_own_run_folder_and_a_killed_one_re
     assert killed, "both runs had finished before a worker could be killed"
     assert "handed out again (1 of 2)" in capsys.readouterr().out
     assert folders == [tmp_path / "ppo" / "test_0", tmp_path / "ppo" / "test_1"]
-    commands = []
+    lines_of = []
     for seed, folder in enumerate(folders):
         assert json.loads((folder / "config.json").read_text())["seed"] == seed
         assert (folder / "model.zip").is_file()
         lines = (folder / "command.txt").read_text().splitlines()
         assert all(f"--seed {seed}" in line and "--seeds" not in line and "--workers" not in line for line in lines)
-        commands.append(lines)
+        lines_of.append(lines)
     # The killed seed was trained again from its run folder: its second command resumed it.
-    assert sorted(len(lines) for lines in commands) == [1, 2]
-    assert next(lines for lines in commands if len(lines) == 2)[1].endswith("--resume")
+    assert sorted(len(lines) for lines in lines_of) == [1, 2]
+    assert next(lines for lines in lines_of if len(lines) == 2)[1].endswith("--resume")
 
 
 def test_artefacts_travel_as_their_files_and_install_only_where_missing(tmp_path: Path) -> None:
@@ -234,6 +237,9 @@ def test_a_process_that_may_not_build_names_the_missing_artefact_instead_of_trai
         ensure_base_model(cfg)
     with pytest.raises(MissingArtifactError, match="oracle"):
         ensure_base_model(cfg.oracle())
+    for role in ("judge", "validator"):
+        with pytest.raises(MissingArtifactError, match=f"the {role} of preset 'test'"):
+            ensure_classifier(cfg, role)
     assert not list(tmp_path.rglob("*.pt"))
 
 
