@@ -20,8 +20,10 @@ model to score in the env, like every other method:
 
 Names (``results.csv``, file names) are the method's name and its options, file-safe and unique:
 ``static:0.5`` is ``static_0.5`` (a first option given by position is written bare),
-``vi:beta=0.1`` is ``vi_beta0.1``; a policy is named by its algorithm, ``ppo``, or ``ppo_<run
-folder>`` when several of one algorithm are evaluated.
+``vi:beta=0.1`` is ``vi_beta0.1``; a policy is named by its ``name`` option if given, else by its
+algorithm, ``ppo``, or ``ppo_<run folder>`` when several of one algorithm are evaluated, or
+``<parent>_ppo_<run folder>`` when their run folders share a name (``runs/paper/ppo/cpu_0`` and
+``runs/outcome/ppo/cpu_0`` are ``paper_ppo_cpu_0`` and ``outcome_ppo_cpu_0``).
 """
 
 from __future__ import annotations
