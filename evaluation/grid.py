@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from unlearn_env.cache import NO_BUILD_ENV_VAR, ArtifactBundle, cache_root
-from unlearn_env.config import ExperimentConfig, RuntimeConfig, positive_int
+from unlearn_env.config import ExperimentConfig, RuntimeConfig, number_argument, positive_int
 
 ADDRESS_ENV_VAR = "RAY_ADDRESS"
 """Ray's own variable for the cluster to attach to; ``--ray-address`` overrides it."""
@@ -104,35 +104,12 @@ class GridOptions:
         return max(1, math.floor(self.cpus_per_run))
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
-    return value
-
-
-def _gpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GPUs, got {text!r}") from None
-    # Ray schedules a fraction of one GPU, or whole GPUs.
-    if value < 0 or (value > 1 and not value.is_integer()):
-        raise argparse.ArgumentTypeError(f"expected 0, a fraction of one GPU or whole GPUs, got {value:g}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value}")
-    return value
+_positive_float = number_argument(float, lambda value: value > 0, "a positive number")
+# Ray schedules a fraction of one GPU, or whole GPUs.
+_gpus = number_argument(
+    float, lambda value: value >= 0 and (value <= 1 or value.is_integer()), "0, a fraction of one GPU or whole GPUs"
+)
+_count = number_argument(int, lambda value: value >= 0, "a whole number")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ ships the base model and the classifiers. Sizes are tiny (2-update episodes, 8 f
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -24,6 +25,7 @@ import pytest
 
 import evaluate
 import train_policy
+from evaluation import grid
 from evaluation.judge import ensure_classifier
 from unlearn_env.cache import CACHE_ENV_VAR, NO_BUILD_ENV_VAR, ArtifactBundle, MissingArtifactError
 from unlearn_env.config import get_config
@@ -250,3 +252,28 @@ def test_without_ray_everything_imports_and_a_grid_says_how_to_install_it(tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode != 0 and "pip install -e '.[ray]'" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpus-per-run", "1.5"], "--gpus-per-run: expected 0, a fraction of one GPU or whole GPUs, got 1.5"),
+    (["--gpus-per-run", "-1"], "--gpus-per-run: expected 0, a fraction of one GPU or whole GPUs, got -1.0"),
+    (["--cpus-per-run", "0"], "--cpus-per-run: expected a positive number, got 0.0"),
+    (["--retries", "-1"], "--retries: expected a whole number, got -1"),
+    (["--workers", "two"], "--workers: expected a positive integer, got 'two'"),
+])
+def test_resource_flags_reject_bad_values_by_name(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    grid.add_arguments(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_resource_flags_accept_fractions_of_one_gpu_and_whole_gpus() -> None:
+    parser = argparse.ArgumentParser()
+    grid.add_arguments(parser)
+    args = parser.parse_args(["--gpus-per-run", "0.25", "--cpus-per-run", "1.5", "--retries", "0", "--workers", "3"])
+    assert (args.gpus_per_run, args.cpus_per_run, args.retries, args.workers) == (0.25, 1.5, 0, 3)
+    assert parser.parse_args(["--gpus-per-run", "2"]).gpus_per_run == 2.0

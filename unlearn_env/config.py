@@ -23,8 +23,9 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from unlearn_env.tasks import CLASS_LABEL, CLASS_TASK_LABELS, ForgetTask, check_family, parse_task
 
@@ -472,15 +473,26 @@ def get_config(preset: str = "cpu", **overrides: Any) -> ExperimentConfig:
     return PRESETS[preset]().with_overrides(**overrides)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (step counts, copies, rounds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+Number = TypeVar("Number", int, float)
+
+
+def number_argument(kind: Callable[[str], Number], accept: Callable[[Number], bool], expected: str) -> Callable[[str], Number]:
+    """An argparse type: ``kind(text)`` where ``accept`` holds it, else an error saying what was ``expected``."""
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = number_argument(int, lambda value: value >= 1, "a positive integer")
+"""argparse type: an integer of at least 1 (step counts, copies, rounds)."""
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
