@@ -26,6 +26,7 @@ from evaluation.probing import FORGET_THRESHOLD
 from evaluation.runs import RunRecord
 from evaluation.statistics import DEFAULT_POWER, Verdict
 from unlearn_env.cache import atomic_write_text
+from unlearn_env.tasks import parse_task
 
 # ----------------------------------------------------------------------------------------- CSV
 
@@ -435,16 +436,17 @@ def write_report(path: Path, data: ReportInput) -> None:
     failed = [r for r in data.records if r.status == "failed"]
     diverged = [r for r in data.records if r.status == "diverged"]
     policies = {r.method: r for r in data.records if r.status == "ok" and r.policy_model}
-    forget_label = data.settings["config"]["data"]["forget_class"]
+    # The config names the default task; a single evaluated task (a class task's label 10 too) is the one meant.
+    forget = parse_task(data.tasks[0]) if not multi else None
     lines = [*_setup(data), *_seeds(data)]
     if not data.summary:
         lines += ["**No run succeeded**: the tables are empty; the failed runs are listed below.", ""]
     where = " (pooled over tasks × seeds)" if multi else ""
     lines += [
-        f"## Forget side{where}: samples of the forget label{'' if multi else f' {forget_label}'}",
+        f"## Forget side{where}: samples of the forget label{f' {forget.digit} ({forget.concept})' if forget else ''}",
         "",
-        "Forget rate: share judged as the task's concept. Drawn as the digit: share judged as the forget digit (a "
-        "model that draws neither has not forgotten well). NEITHER: share judged far from every real class. KID to "
+        "Forget rate: share judged as the task's concept. Drawn as the digit: share judged as the forget digit, on a "
+        "class task as any digit (a model that draws neither has not forgotten well). NEITHER: share judged far from every real class. KID to "
         "the digit / to the concept: to held-out real digits of the forget class / to held-out images of the concept "
         "(higher: more forgotten). Loss gap: denoising loss on the forget set minus on unseen images of the concept "
         "(negative: the forget set is still fitted; the oracle's is the yardstick). Steps to forget: the first "

@@ -369,6 +369,8 @@ def test_evaluate_samples_the_generators_and_the_outcome_reward_judges_them(tmp_
         rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"base", "static_0.5", "sfd", "sfd_multi", "sfd_siss"}
     assert all(row["status"] == "ok" and row["forget_rate"] != "" for row in rows.values())
+    # The report names the task's own forget label, not the config's default digit.
+    assert f"samples of the forget label {CLASS_LABEL} (trouser)" in (out / "report.md").read_text()
     records = {m: RunRecord.load(out / "runs" / CLASS_TASK.text / f"{m}_seed0.json") for m in rows}
     # Probes sample the env's UNet: the SISS run is probed, the SFD runs are not.
     assert records["static_0.5"].curve and "steps_to_forget" in records["static_0.5"].metrics
