@@ -80,7 +80,7 @@ from evaluation.methods import Method, parse_methods
 from evaluation.metrics import JudgeFeatures
 from evaluation.probing import ProbedEnv, steps_to_forget
 from evaluation.runs import RunRecord, RunStatus, RunStore, check_settings
-from evaluation.sampling import Sampler, parse_sampler
+from evaluation.sampling import EVALUATION_SAMPLERS, Sampler, parse_sampler
 from evaluation.scoring import SampleSize, TaskScorer
 from unlearn_env.cache import atomic_torch_save
 from unlearn_env.config import PRESETS, ExperimentConfig, get_config, parse_overrides
@@ -124,13 +124,13 @@ class EvalDefaults:
 # differ (8 %); so cpu samples with 10 steps. DDIM-50 itself differs from all of them (its clipping,
 # evaluation.sampling) and is not the reference here.
 PRESET_DEFAULTS: dict[str, EvalDefaults] = {
-    "test": EvalDefaults(seeds=2, forget_samples=16, retain_per_class=4, sampler=Sampler("ddim", 4), eval_every=4,
-                         probe_samples=8, probe_sampler=Sampler("ddim", 2), tuning_seeds=2,
+    "test": EvalDefaults(seeds=2, forget_samples=16, retain_per_class=4, sampler=EVALUATION_SAMPLERS["test"],
+                         eval_every=4, probe_samples=8, probe_sampler=Sampler("ddim", 2), tuning_seeds=2,
                          frontier_forget_samples=8, frontier_retain_per_class=2),
-    "cpu": EvalDefaults(seeds=10, forget_samples=512, retain_per_class=32, sampler=Sampler("dpmsolver++", 10),
+    "cpu": EvalDefaults(seeds=10, forget_samples=512, retain_per_class=32, sampler=EVALUATION_SAMPLERS["cpu"],
                         eval_every=10, probe_samples=64, probe_sampler=Sampler("dpmsolver++", 10), tuning_seeds=3,
                         frontier_forget_samples=256, frontier_retain_per_class=16),
-    "paper": EvalDefaults(seeds=10, forget_samples=1024, retain_per_class=128, sampler=Sampler("dpmsolver++", 20),
+    "paper": EvalDefaults(seeds=10, forget_samples=1024, retain_per_class=128, sampler=EVALUATION_SAMPLERS["paper"],
                           eval_every=25, probe_samples=128, probe_sampler=Sampler("dpmsolver++", 10), tuning_seeds=3,
                           frontier_forget_samples=512, frontier_retain_per_class=64),
 }

@@ -19,7 +19,7 @@ import statistics
 import torch
 
 from baselines.sfd import OneStepGenerator, SFDSettings
-from evaluation.sampling import evaluation_labels, parse_sampler, sample
+from evaluation.sampling import EVALUATION_SAMPLERS, evaluation_labels, parse_sampler, sample
 from unlearn_env.config import PRESETS, get_config, positive_int
 from unlearn_env.diffusion import build_scheduler, noise_coefficients
 from unlearn_env.instances import task_set
@@ -27,14 +27,11 @@ from unlearn_env.pretrain import load_base_unet
 
 from timing import json_target, time_block
 
-PRESET_SAMPLERS = {"test": "ddim-4", "cpu": "dpmsolver++-10", "paper": "dpmsolver++-20"}
-"""The evaluation's sampler per preset (``evaluate.py``'s ``PRESET_DEFAULTS``)."""
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    parser.add_argument("--tasks", default="class", help="instance set (or task) whose first task's base model is timed")
+    parser.add_argument("--tasks", default="class",
+                        help="instance set (or task) whose first task's base model is timed")
     parser.add_argument("--sampler", default=None, help="the diffusion sampler (default: the preset's evaluation one)")
     parser.add_argument("--images", type=positive_int, default=256, help="images per timed block")
     parser.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds")
@@ -45,7 +42,7 @@ def main() -> None:
     tasks = task_set(args.preset, args.tasks)
     cfg = tasks.config_of(tasks.tasks[0], base)
     device = cfg.runtime.torch_device()
-    sampler = parse_sampler(args.sampler or PRESET_SAMPLERS[args.preset])
+    sampler = parse_sampler(args.sampler) if args.sampler else EVALUATION_SAMPLERS[args.preset]
     unet = load_base_unet(cfg, device).eval()
     scheduler = build_scheduler(cfg.model)
     gamma, sigma = noise_coefficients(scheduler, device)
@@ -80,7 +77,8 @@ def main() -> None:
         "one_step_ms_per_image": per_image["one_step"],
         "ratio": per_image["diffusion"] / per_image["one_step"],
     }
-    print(f"preset {args.preset}, task {figures['task']}, {len(labels)} images, torch threads {figures['torch_threads']}")
+    print(f"preset {args.preset}, task {figures['task']}, {len(labels)} images, "
+          f"torch threads {figures['torch_threads']}")
     print(f"  {sampler.name:16s} {per_image['diffusion']:8.2f} ms per image")
     print(f"  {'one-step (SFD)':16s} {per_image['one_step']:8.2f} ms per image")
     print(f"  ratio            {figures['ratio']:8.1f}x")

@@ -58,6 +58,11 @@ class Sampler:
 DDIM_50 = Sampler("ddim", 50)
 """The reference sampler of SPEC §6."""
 
+EVALUATION_SAMPLERS: dict[str, Sampler] = {
+    "test": Sampler("ddim", 4), "cpu": Sampler("dpmsolver++", 10), "paper": Sampler("dpmsolver++", 20),
+}
+"""The sampler that scores a run on each preset (``evaluate.py --sampler`` overrides)."""
+
 
 def parse_sampler(text: str) -> Sampler:
     """``"ddim-50"`` or ``"dpmsolver++-20"`` -> :class:`Sampler`, with a clear error otherwise."""
