@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from unlearn_env import probes, siss
-from unlearn_env.config import PRESETS, get_config, number_argument, positive_int
+from unlearn_env.config import PRESETS, get_config, number_argument
 from unlearn_env.env import UnlearningEnv
 
 from env_step import PlainLoop
@@ -39,15 +39,19 @@ LAMBDAS = (0.1, 0.9)
 
 
 non_negative_int = number_argument(int, lambda value: value >= 0, "a non-negative integer")
+draw_count = number_argument(int, lambda value: value >= 2, "at least 2 draws (a spread needs two)")
 
 
 def states_argument(text: str) -> list[int]:
     """``0,20,40`` -> [0, 20, 40]: update counts, sorted."""
-    return sorted(non_negative_int(part.strip()) for part in text.split(",") if part.strip())
+    states = sorted(non_negative_int(part.strip()) for part in text.split(",") if part.strip())
+    if not states:
+        raise argparse.ArgumentTypeError(f"expected comma-separated update counts, got {text!r}")
+    return states
 
 
 def updated_copy(loop: PlainLoop, batch: siss.SISSBatch, lam: float) -> nn.Module:
-    """The loop's model after one SISS update with ``lam`` on ``batch``; the loop's model and optimiser are untouched."""
+    """The loop's model after one SISS update with ``lam`` on ``batch``; the loop itself is left as it was."""
     unet = copy.deepcopy(loop.unet)
     params = list(unet.parameters())
     optimizer = torch.optim.AdamW(params, foreach=True)
@@ -68,11 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument("--sizes", type=positive_int_list, default=[8, 16, 32, 64], help="probe sizes per side")
-    parser.add_argument("--draws", type=positive_int, default=40, help="probe sets drawn per size and state")
+    parser.add_argument("--draws", type=draw_count, default=40, help="probe sets drawn per size and state")
     parser.add_argument("--states", type=states_argument, default=[0, 20, 40],
                         help="update counts t of the states theta_t the actions start from")
-    parser.add_argument("--lambda-before", type=number_argument(float, lambda value: 0.0 <= value <= 1.0, "a lambda in [0, 1]"),
-                        default=0.5, help="static lambda of the updates that lead to theta_t")
+    parser.add_argument("--lambda-before", default=0.5,
+                        type=number_argument(float, lambda value: 0.0 <= value <= 1.0, "a lambda in [0, 1]"),
+                        help="static lambda of the updates that lead to theta_t")
     parser.add_argument("--json", type=json_target, help="also write the figures here")
     args = parser.parse_args()
 
