@@ -21,6 +21,7 @@ import statistics
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from unlearn_env import probes, siss
 from unlearn_env.config import PRESETS, get_config, parse_overrides, positive_int
@@ -60,16 +61,23 @@ class PlainLoop:
         self.num_timesteps = cfg.model.num_train_timesteps
         self.lam = torch.tensor(0.5, device=self.device)
 
-    def step(self) -> None:
-        """One SISS update (and the probe pass after it)."""
-        batch = siss.draw_batch(
+    def draw(self) -> siss.SISSBatch:
+        """The next minibatch of the loop's stream."""
+        return siss.draw_batch(
             self.pools[0], self.pools[1], *self.forget, self.cfg.batch_size, self.num_timesteps, self.generator,
             self.hflip,
         )
-        m = siss.measure(self.unet, self.params, batch, self.lam, self.gamma, self.sigma)
+
+    def update(self, batch: siss.SISSBatch, unet: nn.Module, optimizer: torch.optim.Optimizer, lam: Tensor) -> None:
+        """One SISS update of ``unet`` (whose parameters ``optimizer`` holds) with ``lam`` on ``batch``."""
+        params = optimizer.param_groups[0]["params"]
+        m = siss.measure(unet, params, batch, lam, self.gamma, self.sigma)
         coef_r, coef_f = self.rule.coefficients(m.norm_forget)
-        siss.apply_update(self.optimizer, self.params, m.grad_retain, m.grad_forget, coef_r, coef_f,
-                          self.rule.max_grad_norm)
+        siss.apply_update(optimizer, params, m.grad_retain, m.grad_forget, coef_r, coef_f, self.rule.max_grad_norm)
+
+    def step(self) -> None:
+        """One SISS update (and the probe pass after it)."""
+        self.update(self.draw(), self.unet, self.optimizer, self.lam)
         if self.probe_set is not None:
             probes.probe_losses(self.unet, self.probe_set, self.gamma, self.sigma).tolist()
 

@@ -53,12 +53,9 @@ def states_argument(text: str) -> list[int]:
 def updated_copy(loop: PlainLoop, batch: siss.SISSBatch, lam: float) -> nn.Module:
     """The loop's model after one SISS update with ``lam`` on ``batch``; the loop itself is left as it was."""
     unet = copy.deepcopy(loop.unet)
-    params = list(unet.parameters())
-    optimizer = torch.optim.AdamW(params, foreach=True)
+    optimizer = torch.optim.AdamW(unet.parameters(), foreach=True)
     optimizer.load_state_dict(copy.deepcopy(loop.optimizer.state_dict()))
-    m = siss.measure(unet, params, batch, torch.tensor(lam, device=loop.device), loop.gamma, loop.sigma)
-    coef_r, coef_f = loop.rule.coefficients(m.norm_forget)
-    siss.apply_update(optimizer, params, m.grad_retain, m.grad_forget, coef_r, coef_f, loop.rule.max_grad_norm)
+    loop.update(batch, unet, optimizer, torch.tensor(lam, device=loop.device))
     return unet
 
 
@@ -93,8 +90,7 @@ def main() -> None:
         for _ in range(state - done):
             loop.step()
         done = state
-        batch = siss.draw_batch(loop.pools[0], loop.pools[1], *loop.forget, cfg.unlearn.batch_size,
-                                loop.num_timesteps, loop.generator, loop.hflip)
+        batch = loop.draw()
         low, high = (updated_copy(loop, batch, lam) for lam in LAMBDAS)
         differences: dict[int, list[float]] = {}
         for size in args.sizes:
