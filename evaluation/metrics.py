@@ -58,7 +58,16 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.image.ssim import StructuralSimilarityIndexMeasure
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
-from evaluation.judge import NEITHER, JudgeNet, classify, concept_label, judge_calls, judge_logits, to_judge_input
+from evaluation.judge import (
+    NEITHER,
+    SCORING_BATCH,
+    JudgeNet,
+    classify,
+    concept_label,
+    judge_calls,
+    judge_logits,
+    to_judge_input,
+)
 from evaluation.sampling import DDIM_50, Sampler, evaluation_labels, sample_labels
 from evaluation.statistics import wilson_interval
 from unlearn_env.config import DataConfig, ExperimentConfig
@@ -76,7 +85,6 @@ from unlearn_env.tasks import forget_digit_hits
 
 FeatureKind = Literal["judge", "inception"]
 
-_BATCH = 1024
 # KID and IS keep every feature in a buffer and warn about memory at construction; our sets are small.
 _BUFFER_WARNING = "Metric `.*` will save all extracted features in buffer"
 
@@ -100,8 +108,8 @@ class JudgeFeatures(nn.Module):
         """``(N, num_features)`` float64 features."""
         device = next(self.judge.parameters()).device
         chunks = [
-            self.judge.features(to_judge_input(images[i : i + _BATCH], device)).cpu()
-            for i in range(0, len(images), _BATCH)
+            self.judge.features(to_judge_input(images[i : i + SCORING_BATCH], device)).cpu()
+            for i in range(0, len(images), SCORING_BATCH)
         ]
         return torch.cat(chunks).double()
 

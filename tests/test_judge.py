@@ -6,11 +6,11 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from evaluation.judge import (
     NEITHER,
@@ -19,7 +19,9 @@ from evaluation.judge import (
     TEST_VALIDATOR_CONFIG,
     JudgeConfig,
     JudgeNet,
+    MaxPool2,
     blurred,
+    classifier_dir,
     classifier_splits,
     classify,
     concept_label,
@@ -44,9 +46,9 @@ FAST_VALIDATOR = TEST_VALIDATOR_CONFIG
 
 
 @pytest.fixture(scope="session")
-def judge_cfg(tmp_path_factory: pytest.TempPathFactory):
-    """The test preset with a cache folder shared by the whole session (the judge is trained once)."""
-    return get_config("test", cache_dir=str(tmp_path_factory.getbasetemp() / "judge-cache"))
+def judge_cfg():
+    """The test preset, caching in the test run's folder (conftest): its judge is trained once per run."""
+    return get_config("test")
 
 
 @contextlib.contextmanager
@@ -169,8 +171,7 @@ def test_blurring_pushes_images_towards_neither(judge, heldout) -> None:
 def test_ensure_judge_returns_frozen_model_and_caches(judge, judge_cfg) -> None:
     assert not judge.training
     assert not any(p.requires_grad for p in judge.parameters())
-    (folder,) = Path(judge_cfg.runtime.cache_dir).glob("judge-*")
-    report = json.loads((folder / "accuracy.json").read_text())
+    report = json.loads((classifier_dir(judge_cfg, "judge") / "accuracy.json").read_text())
     accuracy = report["test_accuracy"]
     assert 0.75 < accuracy["overall"] <= 1.0
     assert accuracy["balanced"] == pytest.approx(sum(accuracy[str(c)] for c in range(20)) / 20)
@@ -216,6 +217,19 @@ def test_to_judge_input_crops_padded_images() -> None:
     assert torch.equal(to_judge_input(to_model_space(digits, 28)), to_model_space(digits, 28))
     with pytest.raises(ValueError, match="smaller"):
         to_judge_input(torch.zeros(1, 1, 20, 20))
+
+
+def test_scores_do_not_depend_on_the_batch_size_or_the_pooling_kernel(judge, heldout) -> None:
+    images = heldout[0][:700]
+    whole, chunked = judge_calls(judge, images, batch_size=700), judge_calls(judge, images, batch_size=64)
+    assert torch.equal(whole.logits, chunked.logits) and torch.equal(whole.outlier_score, chunked.outlier_score)
+    x = torch.relu(torch.randn(8, 16, 28, 28))
+    x[:, :, :10] = 0.5  # flat regions: ties within a pooling window
+    assert torch.equal(MaxPool2()(x), nn.MaxPool2d(2)(x))
+    fast, plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    MaxPool2()(fast).square().sum().backward()
+    nn.MaxPool2d(2)(plain).square().sum().backward()
+    assert torch.equal(fast.grad, plain.grad)
 
 
 def test_non_finite_images_are_never_given_a_class(judge) -> None:
