@@ -1,4 +1,4 @@
-"""Shared fixtures: every test session caches its base models and judges in a fresh folder."""
+"""Shared fixtures: every test run caches its base models and judges in a fresh folder of its own."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ from unlearn_env.cache import CACHE_ENV_VAR
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Point the artefact cache at a temporary folder so tests never touch (or depend on) the user's."""
+    """Point the artefact cache at a temporary folder so tests never touch (or depend on) the user's.
+
+    Under ``pytest -n K`` the K workers share one folder (their base temporary folders' common
+    parent belongs to this run alone), so each artefact is built once, by whichever worker needs it
+    first, while the others wait on its lock, as concurrent processes do outside the tests.
+    """
     previous = os.environ.get(CACHE_ENV_VAR)
-    os.environ[CACHE_ENV_VAR] = str(tmp_path_factory.mktemp("unlearn_env_cache"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "unlearn_env_cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("unlearn_env_cache")
+    os.environ[CACHE_ENV_VAR] = str(folder)
     yield
     if previous is None:
         os.environ.pop(CACHE_ENV_VAR, None)

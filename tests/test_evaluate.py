@@ -19,7 +19,6 @@ import train_policy
 from evaluation import frontier
 from evaluation.methods import parse_methods
 from evaluation.runs import RunRecord
-from test_judge import judge_cfg  # noqa: F401  (pytest fixture)
 from unlearn_env.config import ExperimentConfig, get_config
 from unlearn_env.instances import resolve_task_set
 
@@ -54,9 +53,9 @@ def config() -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module")
-def env(judge_cfg: ExperimentConfig) -> list[str]:
-    """Short episodes, and test_judge's cache folder: the judge and validator trained there are reused."""
-    return ["--env-kwargs", f"horizon={HORIZON}", f"cache_dir={judge_cfg.runtime.cache_dir}"]
+def env() -> list[str]:
+    """Short episodes (the judge and validator come from the test run's cache, trained once)."""
+    return ["--env-kwargs", f"horizon={HORIZON}"]
 
 
 @pytest.fixture(scope="module")
