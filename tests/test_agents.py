@@ -28,7 +28,7 @@ from unlearn_env.episode import run_episode
 
 # Small episodes and batches keep a step cheap; the hyper-parameter files' test entries fit them.
 ENV_KWARGS = {"horizon": "4", "batch_size": "4"}
-TRAIN_STEPS = 192  # a multiple of every on-policy rollout in the test entries (32, 16, 8)
+TRAIN_STEPS = 64  # a multiple of every on-policy rollout in the test entries (32, 16, 8), past learning_starts (16)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
