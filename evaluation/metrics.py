@@ -80,10 +80,14 @@ from unlearn_env.data import (
     to_model_space,
     to_uint8,
 )
-from unlearn_env.diffusion import noise_coefficients
+from unlearn_env.diffusion import inference_batch, noise_coefficients
 from unlearn_env.tasks import forget_digit_hits
 
 FeatureKind = Literal["judge", "inception"]
+
+_SUM_BLOCK = 512
+"""The denoising gap sums its per-image losses in blocks of this many, whatever the batch it computes them
+in: the order the published records were summed in, so they reproduce bit for bit."""
 
 # KID and IS keep every feature in a buffer and warn about memory at construction; our sets are small.
 _BUFFER_WARNING = "Metric `.*` will save all extracted features in buffer"
@@ -405,7 +409,7 @@ def denoising_loss_gap(
     *,
     class_label: int,
     draws: int = 8,
-    batch_size: int = 512,
+    batch_size: int | None = None,
 ) -> dict[str, float]:
     """Data-level forgetting: the mean ε-prediction MSE on the forget set A against held-out concept images.
 
@@ -416,7 +420,8 @@ def denoising_loss_gap(
     noise, and the gap's variance is mostly that of the images. Returns ``loss_forget_set``,
     ``loss_heldout_concept`` and ``loss_gap`` (the first minus the second). A model that
     memorised A denoises it better than unseen images of the concept: gap < 0; the oracle,
-    which never saw A, gives the yardstick.
+    which never saw A, gives the yardstick. ``batch_size`` images pass the model at once (default:
+    :func:`~unlearn_env.diffusion.inference_batch`'s, 512 on an accelerator).
     """
     if forget_images.shape != heldout_concept_images.shape:
         raise ValueError(f"forget set {tuple(forget_images.shape)} and held-out concept images "
@@ -428,20 +433,21 @@ def denoising_loss_gap(
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (draws * count,), generator=generator)
     noise = torch.randn((draws * count, *forget_images.shape[1:]), generator=generator)
     device = next(unet.parameters()).device
+    batch_size = batch_size or inference_batch(device, _SUM_BLOCK)
     gamma, sigma = noise_coefficients(scheduler, "cpu")
     was_training = unet.training
     unet.eval()
     losses = {}
     for name, images in (("loss_forget_set", forget_images), ("loss_heldout_concept", heldout_concept_images)):
         clean = images.cpu().float().repeat(draws, 1, 1, 1)
-        total = 0.0
+        errors = []
         for i in range(0, len(clean), batch_size):
             t, eps = timesteps[i : i + batch_size], noise[i : i + batch_size]
             noisy = gamma[t, None, None, None] * clean[i : i + batch_size] + sigma[t, None, None, None] * eps
             labels = torch.full((len(t),), class_label, dtype=torch.int64, device=device)
             pred = unet(noisy.to(device), t.to(device), class_labels=labels).sample
-            total += float((pred.float().cpu() - eps).square().mean(dim=(1, 2, 3)).sum())
-        losses[name] = total / len(clean)
+            errors.append((pred.float().cpu() - eps).square().mean(dim=(1, 2, 3)))
+        losses[name] = sum(float(block.sum()) for block in torch.cat(errors).split(_SUM_BLOCK)) / len(clean)
     unet.train(was_training)
     losses["loss_gap"] = losses["loss_forget_set"] - losses["loss_heldout_concept"]
     return losses

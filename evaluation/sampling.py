@@ -30,7 +30,7 @@ import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from unlearn_env.config import ModelConfig
-from unlearn_env.diffusion import ddim_sample, sampling_noise
+from unlearn_env.diffusion import ddim_sample, inference_batch, sampling_noise
 
 SamplerKind = Literal["ddim", "dpmsolver++"]
 SAMPLER_KINDS: tuple[SamplerKind, ...] = ("ddim", "dpmsolver++")
@@ -84,9 +84,10 @@ def dpm_solver(scheduler: DDPMScheduler, steps: int) -> DPMSolverMultistepSchedu
 @torch.no_grad()
 def _dpm_sample(
     unet: UNet2DModel, scheduler: DDPMScheduler, labels: torch.Tensor, noise: torch.Tensor, steps: int,
-    batch_size: int,
+    batch_size: int | None,
 ) -> torch.Tensor:
     device = next(unet.parameters()).device
+    batch_size = batch_size or inference_batch(device, 256)
     was_training = unet.training
     unet.eval()
     chunks = []
@@ -109,10 +110,10 @@ def sample(
     labels: torch.Tensor,
     noise: torch.Tensor,
     sampler: Sampler = DDIM_50,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Deterministic samples for ``labels`` from ``noise``: model space ``(N, 1, S, S)`` in [-1, 1], on the
-    model's device."""
+    model's device; ``batch_size`` images per pass (default: :func:`~unlearn_env.diffusion.inference_batch`'s)."""
     if len(labels) != len(noise):
         raise ValueError(f"{len(labels)} labels but {len(noise)} noise images")
     if sampler.kind == "ddim":

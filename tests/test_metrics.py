@@ -241,6 +241,9 @@ def test_denoising_loss_gap_uses_common_random_numbers(judge_cfg) -> None:
     assert first == denoising_loss_gap(copy, scheduler, forget, heldout, 0, class_label=1, draws=2)
     rebatched = denoising_loss_gap(unet, scheduler, forget, heldout, 0, class_label=1, draws=2, batch_size=7)
     assert rebatched == pytest.approx(first, abs=1e-6)
+    # The sum's blocks are fixed whatever the batch: batches of 16 images or more give the same figures exactly.
+    whole = denoising_loss_gap(unet, scheduler, forget, heldout, 0, class_label=1, draws=4)
+    assert denoising_loss_gap(unet, scheduler, forget, heldout, 0, class_label=1, draws=4, batch_size=26) == whole
     assert first != denoising_loss_gap(unet, scheduler, forget, heldout, 1, class_label=1, draws=2)
     # The same images on both sides: the same noise and timesteps, so exactly no gap.
     same = denoising_loss_gap(unet, scheduler, forget, forget.clone(), 0, class_label=1, draws=2)

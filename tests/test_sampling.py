@@ -50,6 +50,15 @@ def test_dpm_solver_is_deterministic_finite_and_in_range(model) -> None:
     assert not torch.allclose(first, sample(unet, scheduler, labels, noise, Sampler("ddim", 6)))
 
 
+def test_the_batch_size_does_not_change_the_samples(model) -> None:
+    cfg, unet, scheduler = model
+    labels = torch.arange(10).repeat(4)[:32]
+    noise = sampling_noise(len(labels), cfg.model.image_size, seed=5)
+    for sampler in (Sampler("dpmsolver++", 3), Sampler("ddim", 3)):
+        assert torch.equal(sample(unet, scheduler, labels, noise, sampler),
+                           sample(unet, scheduler, labels, noise, sampler, batch_size=16))
+
+
 def test_ddim_is_todays_sampler(model) -> None:
     cfg, unet, scheduler = model
     labels = torch.arange(10)
