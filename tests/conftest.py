@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -38,4 +39,14 @@ def one_thread_per_xdist_worker():
         import torch
 
         torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_interrupts():
+    """Started in the background by a non-interactive shell (``cmd &``, ``nohup``), the tests inherit SIGINT
+    ignored, and so would every command they start: the Ctrl-C tests would time out with their commands left
+    training. Python's KeyboardInterrupt handler here is reset to the default in each command it starts."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     yield

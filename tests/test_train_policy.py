@@ -3,6 +3,7 @@ one-line errors for mistaken settings, fallback past unreadable snapshots, the r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -223,14 +224,18 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path: Path, vec_env: st
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     run_dir = tmp_path / "ppo" / "test_0"
     monitor = run_dir / "monitor" / "0.monitor.csv"
-    deadline = time.monotonic() + 300  # generous: CI's two cores may be busy with other tests
-    while time.monotonic() < deadline and process.poll() is None:
-        if monitor.exists() and len(monitor.read_text().splitlines()) >= 3:  # an episode is done: it trains
-            break
-        time.sleep(0.2)
-    assert process.poll() is None and monitor.exists(), "training did not start"
-    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group, subprocess workers too
-    output, _ = process.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 300  # generous: CI's two cores may be busy with other tests
+        while time.monotonic() < deadline and process.poll() is None:
+            if monitor.exists() and len(monitor.read_text().splitlines()) >= 3:  # an episode is done: it trains
+                break
+            time.sleep(0.2)
+        assert process.poll() is None and monitor.exists(), "training did not start"
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group, subprocess workers too
+        output, _ = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a failed test leaves no training behind
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, output  # a `set -e` script stops instead of using a half-trained policy
     assert "interrupted" in output and "--total-timesteps 100000 --resume" in output
     steps = trained_steps(run_dir / "model.zip")
