@@ -62,7 +62,8 @@ NEITHER = -1
 """The call of :func:`classify` for an image far from every real class."""
 SCORING_BATCH = 256
 """Images per forward pass when a classifier scores many: on CPU (torch 2.13, one thread) batches of 256
-run 1.5-3x faster than batches of 1024, whose activations overflow the caches, with the same results."""
+run twice as fast as batches of 1024, whose activations overflow the caches, with the same results
+(``benchmarks/inference_batch.py``)."""
 _FORMAT_VERSION = 4
 """Part of the cache key: bump it when the architecture, the training recipe or the calibration changes."""
 

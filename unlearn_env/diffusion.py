@@ -46,9 +46,10 @@ def noise_coefficients(scheduler: DDPMScheduler, device: torch.device | str) -> 
 
 
 CPU_INFERENCE_BATCH = 64
-"""Images per UNet forward pass without gradient on CPU. Larger batches overflow the caches: the ``cpu``
-preset's UNet runs 26 % faster at 64 than at 256 and 46 % faster than at 512 (torch 2.13, one thread).
-Batches of 16 or more give every image the same output bit for bit (one of 7 differed by 1e-6)."""
+"""Images per UNet forward pass without gradient on CPU. Larger batches overflow the caches: per image the
+``cpu`` preset's UNet takes 1.10x the time at 256 and 1.46x at 512 (``benchmarks/inference_batch.py``,
+torch 2.13, one thread). Batches of 16 or more give every image the same output bit for bit (one of 7
+differed by 1e-6)."""
 
 
 def inference_batch(device: torch.device, accelerator_batch: int) -> int:
