@@ -234,10 +234,10 @@ class JudgeNet(nn.Module):
             distances.append(((centred @ getattr(self, f"precision_{k}")) * centred).sum(dim=1))
         return logits, torch.stack(distances, dim=1)
 
-    def logits_and_outlier_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the outlier score: the larger layer distance in units of that layer's held-out scale."""
-        logits, distances = self.layer_distances(x)
-        return logits, (distances / self.distance_scale).max(dim=1).values
+    def outlier_score(self, distances: torch.Tensor) -> torch.Tensor:
+        """The outlier score of :meth:`layer_distances`' distances: the larger one in units of its layer's held-out
+        scale."""
+        return (distances / self.distance_scale.to(distances.device)).max(dim=1).values
 
 
 def to_judge_input(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
@@ -263,23 +263,31 @@ class JudgeCalls:
 
 
 @torch.no_grad()
+def _logits_and_distances(
+    judge: JudgeNet, images: torch.Tensor, batch_size: int = SCORING_BATCH
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`JudgeNet.layer_distances` of model-space images of any side >= 28, in batches, on the CPU."""
+    device = next(judge.parameters()).device
+    chunks = [judge.layer_distances(to_judge_input(batch, device)) for batch in images.split(batch_size)]
+    if not chunks:
+        return torch.empty(0, NUM_JUDGE_CLASSES), torch.empty(0, len(judge.layer_widths))
+    return torch.cat([logits.cpu() for logits, _ in chunks]), torch.cat([d.cpu() for _, d in chunks])
+
+
+def _calls(judge: JudgeNet, logits: torch.Tensor, distances: torch.Tensor) -> JudgeCalls:
+    """The calls of the NEITHER rule (module docstring) on images' logits and layer distances."""
+    scores = judge.outlier_score(distances)
+    # NaN scores (non-finite images) compare False: ">" alone would leave them a label.
+    far = ~(scores <= judge.neither_threshold.cpu())
+    return JudgeCalls(logits, scores, torch.where(far, NEITHER, logits.argmax(dim=1)))
+
+
 def judge_calls(judge: JudgeNet, images: torch.Tensor, batch_size: int = SCORING_BATCH) -> JudgeCalls:
     """Logits, outlier scores and calls for model-space images of any side >= 28, in batches.
 
     Images that are not finite get NaN logits and the call NEITHER; refuse them before scoring.
     """
-    device = next(judge.parameters()).device
-    logits, scores = [], []
-    for i in range(0, len(images), batch_size):
-        chunk_logits, chunk_scores = judge.logits_and_outlier_score(to_judge_input(images[i : i + batch_size], device))
-        logits.append(chunk_logits.cpu())
-        scores.append(chunk_scores.cpu())
-    if not logits:
-        return JudgeCalls(torch.empty(0, NUM_JUDGE_CLASSES), torch.empty(0), torch.empty(0, dtype=torch.int64))
-    all_logits, all_scores = torch.cat(logits), torch.cat(scores)
-    # NaN scores (non-finite images) compare False: ">" alone would leave them a label.
-    far = ~(all_scores <= judge.neither_threshold.cpu())
-    return JudgeCalls(all_logits, all_scores, torch.where(far, NEITHER, all_logits.argmax(dim=1)))
+    return _calls(judge, *_logits_and_distances(judge, images, batch_size))
 
 
 def judge_logits(judge: JudgeNet, images: torch.Tensor, batch_size: int = SCORING_BATCH) -> torch.Tensor:
@@ -405,14 +413,6 @@ def _weighted_quantile(values: np.ndarray, labels: np.ndarray, q: float) -> floa
     weights = (1.0 / counts[labels])[order]
     cumulative = np.cumsum(weights) / weights.sum()
     return float(values[order][min(np.searchsorted(cumulative, q), len(values) - 1)])
-
-
-@torch.no_grad()
-def _logits_and_distances(judge: JudgeNet, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:meth:`JudgeNet.layer_distances` of many model-space 28x28 images, in batches, on the CPU."""
-    device = next(judge.parameters()).device
-    chunks = [judge.layer_distances(batch.to(device)) for batch in images.split(SCORING_BATCH)]
-    return torch.cat([logits.cpu() for logits, _ in chunks]), torch.cat([d.cpu() for _, d in chunks])
 
 
 def calibrate_neither(judge: JudgeNet, distances: torch.Tensor, labels: torch.Tensor, quantile: float) -> float:
@@ -553,8 +553,7 @@ def train_judge(
     logits, distances = _logits_and_distances(judge, test_images)
     calibrate_neither(judge, distances, test_labels, judge_cfg.neither_quantile)
     accuracy = _accuracy(logits.argmax(dim=1), test_labels)
-    # As judge_calls decides: NaN scores compare False.
-    heldout_neither = ~((distances / judge.distance_scale.cpu()).max(dim=1).values <= judge.neither_threshold.cpu())
+    heldout_neither = _calls(judge, logits, distances).labels == NEITHER
     neither = {"threshold": float(judge.neither_threshold),
                **neither_rates(judge, test_images, test_labels, heldout_neither)}
     if progress:

@@ -433,7 +433,8 @@ def denoising_loss_gap(
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (draws * count,), generator=generator)
     noise = torch.randn((draws * count, *forget_images.shape[1:]), generator=generator)
     device = next(unet.parameters()).device
-    batch_size = batch_size or inference_batch(device, _SUM_BLOCK)
+    if batch_size is None:
+        batch_size = inference_batch(device, 512)
     gamma, sigma = noise_coefficients(scheduler, "cpu")
     was_training = unet.training
     unet.eval()

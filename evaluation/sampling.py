@@ -87,7 +87,8 @@ def _dpm_sample(
     batch_size: int | None,
 ) -> torch.Tensor:
     device = next(unet.parameters()).device
-    batch_size = batch_size or inference_batch(device, 256)
+    if batch_size is None:
+        batch_size = inference_batch(device, 256)
     was_training = unet.training
     unet.eval()
     chunks = []

@@ -75,7 +75,8 @@ def ddim_sample(
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(num_steps)
     device = next(unet.parameters()).device
-    batch_size = batch_size or inference_batch(device, 256)
+    if batch_size is None:
+        batch_size = inference_batch(device, 256)
     was_training = unet.training
     unet.eval()
     chunks = []
